@@ -1,0 +1,176 @@
+"""The spaCy component ``span_ner``: a thin factory over the span model.
+
+Entities land in ``doc.ents`` and, with their scores, in ``doc.spans[spans_key]``
+(``attrs["scores"]``). Pre-tokenised Docs work as they are: the component reads the
+Doc's own tokens (whitespace tokens skipped) and never re-tokenises.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from spacy.language import Language
+from spacy.pipeline import Pipe
+from spacy.scorer import Scorer
+from spacy.tokens import Doc, Span, SpanGroup
+from spacy.util import filter_spans, minibatch
+
+from ner.decoding import DECODERS
+from ner.encoders import WordEncoder, load_from_directory, load_pretrained
+from ner.extensions import install_extensions
+from ner.span_model import SpanModel, SpanModelSpec
+from ner.weights import load_weights, save_weights
+
+DEFAULT_MODEL = """
+[model]
+@architectures = "ner_suite.SpanModel.v1"
+encoder = "e5-small"
+max_width = 10
+hidden_size = 384
+dropout = 0.1
+window = 256
+stride = 128
+"""
+
+
+@Language.factory(
+    "span_ner",
+    assigns=["doc.ents", "doc.spans"],
+    default_config={
+        "model": {"@architectures": "ner_suite.SpanModel.v1"},
+        "labels": [],
+        "threshold": 0.5,
+        "spans_key": "ner",
+        "decoding": "flat",
+        "batch_size": 16,
+        "storage": "fp32",
+    },
+    default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
+)
+def make_span_ner(nlp, name, model: SpanModelSpec, labels: list[str], threshold: float,
+                  spans_key: str, decoding: str, batch_size: int, storage: str):
+    return SpanNER(nlp.vocab, model, name, labels=labels, threshold=threshold, spans_key=spans_key,
+                   decoding=decoding, batch_size=batch_size, storage=storage)
+
+
+class SpanNER(Pipe):
+    def __init__(self, vocab, spec: SpanModelSpec, name: str = "ner", *, labels=(), threshold=0.5,
+                 spans_key="ner", decoding="flat", batch_size=16, storage="fp32"):
+        if decoding not in DECODERS:
+            raise ValueError(f"decoding must be one of {sorted(DECODERS)}, got {decoding!r}")
+        install_extensions()
+        self.vocab = vocab
+        self.name = name
+        self.spec = spec
+        self.cfg = {"labels": list(labels), "threshold": threshold, "spans_key": spans_key,
+                    "decoding": decoding, "batch_size": batch_size, "storage": storage}
+        self.model: SpanModel | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.cfg["labels"])
+
+    def add_label(self, label: str) -> int:
+        if self.model is not None:
+            raise ValueError("labels cannot be added after the model is built")
+        if label in self.cfg["labels"]:
+            return 0
+        self.cfg["labels"].append(label)
+        return 1
+
+    def initialize(self, get_examples=None, *, nlp=None, labels=None):
+        """Build the model from the pretrained encoder the spec names."""
+        if labels is None and get_examples is not None:
+            labels = sorted({ent.label_ for eg in get_examples() for ent in eg.reference.ents})
+        if labels:
+            self.cfg["labels"] = list(labels)
+        if not self.cfg["labels"]:
+            raise ValueError(f"component {self.name!r} needs labels to initialise")
+        transformer, tokenizer = load_pretrained(self.spec.encoder)
+        self.set_model(transformer, tokenizer)
+
+    def set_model(self, transformer, tokenizer) -> None:
+        encoder = WordEncoder(transformer, tokenizer, self.spec.window, self.spec.stride)
+        self.model = SpanModel(encoder, self.cfg["labels"], self.spec)
+
+    def __call__(self, doc: Doc, **options) -> Doc:
+        return next(iter(self.pipe([doc], **options)))
+
+    def pipe(self, stream, *, batch_size: int | None = None, threshold: float | None = None,
+             decoding: str | None = None):
+        """Docs are buffered, sorted by length, run in batches of similar length, and
+        yielded in their input order."""
+        self._require_model()
+        batch_size = batch_size or self.cfg["batch_size"]
+        for buffer in minibatch(stream, size=batch_size * 8):
+            order = sorted(range(len(buffer)), key=lambda i: len(buffer[i]))
+            for start in range(0, len(order), batch_size):
+                docs = [buffer[i] for i in order[start : start + batch_size]]
+                self.annotate(docs, threshold=threshold, decoding=decoding)
+            yield from buffer
+
+    def annotate(self, docs: list[Doc], *, threshold=None, decoding=None) -> None:
+        threshold = self.cfg["threshold"] if threshold is None else threshold
+        decode = DECODERS[decoding or self.cfg["decoding"]]
+        tokens = [[t.i for t in doc if not t.is_space] for doc in docs]
+        words = [[doc[i].text for i in index] for doc, index in zip(docs, tokens)]
+        self.model.eval()
+        with torch.inference_mode():
+            probs, n_windows = self.model.predict(words)
+        for doc, index, doc_probs, windows in zip(docs, tokens, probs, n_windows):
+            found = decode(doc_probs, self.model.labels, threshold) if index else []
+            self.set_annotations(doc, index, found, windows)
+
+    def set_annotations(self, doc: Doc, index: list[int], found, n_windows: int) -> None:
+        spans, scores = [], []
+        for start, end, label, score in found:
+            span = Span(doc, index[start], index[end - 1] + 1, label=label)
+            span._.score = score
+            spans.append(span)
+            scores.append(score)
+        group = SpanGroup(doc, name=self.cfg["spans_key"], spans=spans, attrs={"scores": scores})
+        doc.spans[self.cfg["spans_key"]] = group
+        doc.ents = filter_spans(spans)
+        doc._.ner_windows = {"windows": n_windows, "window": self.spec.window, "stride": self.spec.stride}
+
+    def score(self, examples, **kwargs):
+        return Scorer.score_spans(examples, "ents", **kwargs)
+
+    def to_disk(self, path, *, exclude=tuple()) -> None:
+        self._require_model()
+        path = Path(path)
+        (path / "encoder").mkdir(parents=True, exist_ok=True)
+        self.model.encoder.transformer.config.save_pretrained(path / "encoder")
+        self.model.encoder.tokenizer.save_pretrained(path / "encoder")
+        spec = {k: v for k, v in vars(self.spec).items() if k != "extra"}
+        (path / "cfg.json").write_text(json.dumps({**self.cfg, "spec": spec}, indent=2))
+        save_weights(self.model.state_dict(), path / "model.safetensors", self.cfg["storage"])
+
+    def from_disk(self, path, *, exclude=tuple()):
+        path = Path(path)
+        cfg_path = path / "cfg.json"
+        if not cfg_path.exists():
+            raise FileNotFoundError(f"pipeline component file missing: {cfg_path}")
+        try:
+            saved = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{cfg_path} is not valid JSON: {error}") from None
+        self.spec = SpanModelSpec(**saved.pop("spec"))
+        self.cfg.update(saved)
+        transformer, tokenizer = load_from_directory(path / "encoder")
+        self.set_model(transformer, tokenizer)
+        state = load_weights(path / "model.safetensors")
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        missing = [name for name in missing if not name.endswith("position_ids")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{path / 'model.safetensors'} does not match the model: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        self.model.eval()
+        return self
+
+    def _require_model(self) -> None:
+        if self.model is None:
+            raise ValueError(f"component {self.name!r} has no model: initialise it or load it from disk")

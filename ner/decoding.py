@@ -1,0 +1,44 @@
+"""From span probabilities to entities: flat (no overlaps) or nested (no crossing)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def candidate_spans(probs: np.ndarray, labels: list[str], threshold: float):
+    """probs (n_words, max_width, n_labels) → [(score, start, end_exclusive, label)] for
+    each span's best label when it passes the threshold."""
+    best = probs.argmax(-1)
+    score = probs.max(-1)
+    starts, widths = np.nonzero(score >= threshold)
+    return [
+        (float(score[s, w]), int(s), int(s + w + 1), labels[best[s, w]])
+        for s, w in zip(starts, widths)
+    ]
+
+
+def decode_flat(probs, labels, threshold=0.5):
+    """Highest-scoring spans first; a span overlapping one already kept is dropped."""
+    taken = np.zeros(probs.shape[0] + 1, dtype=bool)
+    kept = []
+    for score, start, end, label in sorted(candidate_spans(probs, labels, threshold), reverse=True):
+        if not taken[start:end].any():
+            taken[start:end] = True
+            kept.append((start, end, label, score))
+    return sorted(kept)
+
+
+def decode_nested(probs, labels, threshold=0.5):
+    """Highest-scoring spans first; a span may sit inside or around a kept one, but may
+    not cross one."""
+    kept = []
+    for score, start, end, label in sorted(candidate_spans(probs, labels, threshold), reverse=True):
+        crosses = any(
+            (s < start < e < end) or (start < s < end < e) or (s == start and e == end)
+            for s, e, _, _ in kept
+        )
+        if not crosses:
+            kept.append((start, end, label, score))
+    return sorted(kept)
+
+
+DECODERS = {"flat": decode_flat, "nested": decode_nested}

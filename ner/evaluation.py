@@ -1,0 +1,80 @@
+"""Strict entity-level evaluation: an entity counts only when start, end and label all
+match (seqeval's micro P/R/F1 over the same spans). Records are turned into pre-tokenised
+Docs and run through ``nlp.pipeline`` component by component, so the words the model sees
+are exactly the dataset's words."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from spacy.tokens import Doc
+
+from ner.spans import Record, char_spans_to_word_spans
+
+
+@dataclass
+class Scores:
+    true_positives: Counter = field(default_factory=Counter)
+    predicted: Counter = field(default_factory=Counter)
+    gold: Counter = field(default_factory=Counter)
+
+    def add(self, gold_spans, predicted_spans) -> None:
+        gold_set, predicted_set = set(gold_spans), set(predicted_spans)
+        for _, _, label in gold_set:
+            self.gold[label] += 1
+        for _, _, label in predicted_set:
+            self.predicted[label] += 1
+        for _, _, label in gold_set & predicted_set:
+            self.true_positives[label] += 1
+
+    @staticmethod
+    def _prf(tp, predicted, gold):
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / gold if gold else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {"precision": precision, "recall": recall, "f1": f1, "support": gold}
+
+    @property
+    def micro(self) -> dict:
+        return self._prf(sum(self.true_positives.values()), sum(self.predicted.values()), sum(self.gold.values()))
+
+    @property
+    def per_label(self) -> dict:
+        labels = sorted(set(self.gold) | set(self.predicted))
+        return {l: self._prf(self.true_positives[l], self.predicted[l], self.gold[l]) for l in labels}
+
+    def table(self) -> str:
+        rows = [f"{'label':<20} {'P':>7} {'R':>7} {'F1':>7} {'support':>8}"]
+        for label, s in [*self.per_label.items(), ("micro", self.micro)]:
+            rows.append(f"{label:<20} {100*s['precision']:7.2f} {100*s['recall']:7.2f} {100*s['f1']:7.2f} {s['support']:8d}")
+        return "\n".join(rows)
+
+
+def record_to_doc(vocab, record: Record) -> Doc:
+    """A pre-tokenised Doc whose tokens are exactly the record's words."""
+    words = record.words
+    spaces = [
+        end < (record.tokens[i + 1][0] if i + 1 < len(record.tokens) else end)
+        for i, (_, end) in enumerate(record.tokens)
+    ]
+    return Doc(vocab, words=words, spaces=spaces)
+
+
+def predict_docs(nlp, docs, batch_size: int = 16):
+    for _, component in nlp.pipeline:
+        docs = component.pipe(docs, batch_size=batch_size) if hasattr(component, "pipe") else map(component, docs)
+    return docs
+
+
+def evaluate(nlp, records, *, batch_size: int = 16, progress=None) -> Scores:
+    """Run ``nlp`` over pre-tokenised records and score against their gold spans."""
+    records = list(records)
+    docs = [record_to_doc(nlp.vocab, r) for r in records]
+    scores = Scores()
+    predicted_docs = predict_docs(nlp, docs, batch_size)
+    if progress is not None:
+        predicted_docs = progress(predicted_docs, total=len(docs))
+    for record, doc in zip(records, predicted_docs):
+        gold = char_spans_to_word_spans(record.tokens, record.spans)
+        scores.add(gold, [(e.start, e.end, e.label_) for e in doc.ents])
+    return scores

@@ -1,0 +1,123 @@
+"""The supervised span classifier: every span of up to ``max_width`` words gets a
+sigmoid score per label from its start word, its end word and its width (a GLiNER-like
+span representation). Sigmoid scores let a dataset that annotates only some types train
+only those types (``label_mask``), and let decoding be flat or nested."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ner.encoders import WordEncoder
+
+
+@dataclass
+class SpanModelSpec:
+    """What ``ner_suite.SpanModel.v1`` in a config describes: everything but the labels
+    and the weights, which come from training data or from a saved pipeline."""
+
+    encoder: str = "e5-small"
+    max_width: int = 10
+    hidden_size: int = 384
+    dropout: float = 0.1
+    window: int = 256
+    stride: int = 128
+    extra: dict = field(default_factory=dict)
+
+
+def build_span_model(
+    encoder: str = "e5-small",
+    max_width: int = 10,
+    hidden_size: int = 384,
+    dropout: float = 0.1,
+    window: int = 256,
+    stride: int = 128,
+) -> SpanModelSpec:
+    """Registered as ``ner_suite.SpanModel.v1`` (entry point ``spacy_architectures``)."""
+    return SpanModelSpec(encoder, max_width, hidden_size, dropout, window, stride)
+
+
+class SpanHead(nn.Module):
+    def __init__(self, input_size: int, hidden_size: int, n_labels: int, max_width: int, dropout: float):
+        super().__init__()
+        self.max_width = max_width
+        self.start = nn.Linear(input_size, hidden_size)
+        self.end = nn.Linear(input_size, hidden_size, bias=False)
+        self.width = nn.Embedding(max_width, hidden_size)
+        self.classify = nn.Sequential(
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, hidden_size),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, n_labels),
+        )
+
+    def forward(self, words: torch.Tensor) -> torch.Tensor:
+        """(batch, n_words, input) → logits (batch, n_words, max_width, n_labels) for the
+        span starting at word i of width w+1; spans past the end are garbage and masked."""
+        batch, n_words, _ = words.shape
+        start = self.start(words)
+        end = self.end(words)
+        # end index i + w, clamped; clamped entries are masked by span_mask
+        index = torch.arange(n_words, device=words.device)[:, None] + torch.arange(self.max_width, device=words.device)
+        end = end[:, index.clamp(max=n_words - 1)]
+        hidden = start[:, :, None, :] + end + self.width.weight[None, None]
+        return self.classify(hidden)
+
+
+def span_mask(word_mask: torch.Tensor, max_width: int) -> torch.Tensor:
+    """(batch, n_words) → (batch, n_words, max_width): the span lies inside the sequence."""
+    lengths = word_mask.sum(-1)
+    n_words = word_mask.shape[1]
+    ends = torch.arange(n_words, device=word_mask.device)[:, None] + torch.arange(max_width, device=word_mask.device)
+    return ends[None] < lengths[:, None, None]
+
+
+class SpanModel(nn.Module):
+    def __init__(self, encoder: WordEncoder, labels: list[str], spec: SpanModelSpec):
+        super().__init__()
+        self.encoder = encoder
+        self.labels = list(labels)
+        self.spec = spec
+        self.head = SpanHead(encoder.hidden_size, spec.hidden_size, len(labels), spec.max_width, spec.dropout)
+
+    def forward(self, batch: list[list[str]]):
+        """Logits (batch, n_words, max_width, n_labels), span mask, and windows used."""
+        encoded = self.encoder(batch)
+        logits = self.head(encoded.vectors)
+        return logits, span_mask(encoded.mask, self.spec.max_width), encoded.n_windows
+
+    @torch.no_grad()
+    def predict(self, batch: list[list[str]]):
+        """Sigmoid probabilities as numpy arrays, one (n_words, max_width, n_labels) per
+        sequence, and the number of windows each sequence needed."""
+        logits, mask, n_windows = self(batch)
+        probs = torch.sigmoid(logits.float()) * mask[..., None]
+        return [probs[i, : len(words)].numpy() for i, words in enumerate(batch)], n_windows
+
+
+def span_targets(batch_spans, n_words: int, max_width: int, labels: list[str]):
+    """Word spans [(start, end_exclusive, label)] per sequence → a 0/1 target tensor
+    (batch, n_words, max_width, n_labels). Spans wider than max_width are left out
+    (and counted by the caller)."""
+    index = {label: i for i, label in enumerate(labels)}
+    target = torch.zeros(len(batch_spans), max(n_words, 1), max_width, len(labels))
+    for b, spans in enumerate(batch_spans):
+        for start, end, label in spans:
+            width = end - start
+            if 0 < width <= max_width and label in index:
+                target[b, start, width - 1, index[label]] = 1.0
+    return target
+
+
+def span_loss(logits, targets, mask, label_mask=None):
+    """Binary cross-entropy over every valid (span, label) pair, summed and divided by
+    the number of valid spans' label cells that count. ``label_mask`` (batch, n_labels)
+    is 1 where a sequence's dataset annotates that label."""
+    weights = mask[..., None].float().expand_as(logits)
+    if label_mask is not None:
+        weights = weights * label_mask[:, None, None, :].float()
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, weight=weights, reduction="sum")
+    return loss / weights.sum().clamp(min=1.0) * logits.shape[-1]

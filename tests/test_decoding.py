@@ -1,0 +1,29 @@
+import numpy as np
+
+from ner.decoding import decode_flat, decode_nested
+
+LABELS = ["PER", "LOC"]
+
+
+def probs_with(spans, n_words=6, max_width=4):
+    probs = np.zeros((n_words, max_width, len(LABELS)), dtype=np.float32)
+    for start, end, label, p in spans:
+        probs[start, end - start - 1, LABELS.index(label)] = p
+    return probs
+
+
+def test_flat_keeps_best_of_overlapping_spans():
+    probs = probs_with([(0, 2, "PER", 0.9), (1, 3, "LOC", 0.8), (4, 5, "LOC", 0.7)])
+    assert [(s, e, l) for s, e, l, _ in decode_flat(probs, LABELS)] == [(0, 2, "PER"), (4, 5, "LOC")]
+
+
+def test_threshold_drops_weak_spans():
+    probs = probs_with([(0, 2, "PER", 0.4)])
+    assert decode_flat(probs, LABELS, threshold=0.5) == []
+    assert len(decode_flat(probs, LABELS, threshold=0.3)) == 1
+
+
+def test_nested_keeps_inner_and_outer_but_not_crossing():
+    probs = probs_with([(0, 3, "LOC", 0.9), (1, 2, "PER", 0.8), (2, 4, "PER", 0.7)])
+    found = [(s, e, l) for s, e, l, _ in decode_nested(probs, LABELS)]
+    assert found == [(0, 3, "LOC"), (1, 2, "PER")]

@@ -1,0 +1,77 @@
+"""Training examples as document segments: consecutive sentences of one document packed
+up to a subword budget, so each word is trained with its neighbours as context at the
+cost of sentence-level training (no word is encoded twice)."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ner.spans import Record, char_spans_to_word_spans
+
+
+@dataclass
+class Segment:
+    words: list[str]
+    spans: list[tuple[int, int, str]]  # word offsets, end exclusive
+    labels: list[str] | None  # types annotated in its dataset (None: all)
+
+
+def sentence_word_ranges(record: Record) -> list[tuple[int, int]]:
+    """Sentences as word-index ranges; the whole record when sentences are unknown."""
+    if not record.sentences:
+        return [(0, len(record.tokens))]
+    starts = [s for s, _ in record.tokens]
+    ranges, i = [], 0
+    for _, sentence_end in record.sentences:
+        j = i
+        while j < len(starts) and starts[j] < sentence_end:
+            j += 1
+        if j > i:
+            ranges.append((i, j))
+        i = j
+    if i < len(starts):
+        ranges.append((i, len(starts)))
+    return ranges
+
+
+def make_segments(record: Record, count_pieces, budget: int) -> list[Segment]:
+    """Pack whole sentences into segments of at most ``budget`` subwords; a sentence
+    longer than the budget becomes a segment of its own (the encoder windows it)."""
+    words = record.words
+    spans = char_spans_to_word_spans(record.tokens, record.spans)
+    pieces = [count_pieces(w) for w in words]
+    segments, current, size = [], None, 0
+    for start, end in sentence_word_ranges(record):
+        cost = sum(pieces[start:end])
+        if current is not None and size + cost <= budget:
+            current = (current[0], end)
+            size += cost
+        else:
+            if current is not None:
+                segments.append(current)
+            current, size = (start, end), cost
+    if current is not None:
+        segments.append(current)
+    out = []
+    for start, end in segments:
+        inside = [(s - start, e - start, l) for s, e, l in spans if start <= s and e <= end]
+        out.append(Segment(words[start:end], inside, record.labels))
+    return out
+
+
+def length_batches(segments: list[Segment], batch_words: int, rng: random.Random):
+    """Batches of similar-length segments, about ``batch_words`` words (padding
+    included) each, in random order."""
+    order = sorted(range(len(segments)), key=lambda i: (len(segments[i].words), rng.random()))
+    batches, current, longest = [], [], 0
+    for i in order:
+        n = len(segments[i].words)
+        if current and max(longest, n) * (len(current) + 1) > batch_words:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(segments[i])
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches

@@ -1,0 +1,165 @@
+"""The training loop: a declarative recipe (TOML) in, a spaCy pipeline directory out.
+
+A recipe names its data (``dataset:split`` from the manifest), its encoder (and whether to
+trim its vocabulary to the pieces the data uses), the span head's shape, the optimiser's
+few numbers and the seed. ``ner train RECIPE`` runs it; the best epoch on the dev data is
+kept, and a ``training.json`` beside the weights records every epoch.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+import tomllib
+from pathlib import Path
+
+import spacy
+import torch
+from tqdm import tqdm
+
+from ner.encoders import load_pretrained
+from ner.evaluation import evaluate
+from ner.span_model import span_loss, span_targets
+from ner.training.batches import length_batches, make_segments
+
+
+def read_recipe(path) -> dict:
+    with open(path, "rb") as handle:
+        recipe = tomllib.load(handle)
+    recipe["path"] = str(path)
+    return recipe
+
+
+def load_split(names: list[str], label_map: dict | None = None, limit: int | None = None):
+    """Records of every ``dataset:split`` named, labels mapped, with ``labels`` set to
+    the types the source dataset annotates (for loss masking in joint training)."""
+    from ner.datasets import dataset_labels, load_dataset
+
+    records = []
+    for name in names:
+        dataset, split = name.split(":")
+        annotated = [label_map.get(l, l) for l in dataset_labels(dataset)] if label_map else dataset_labels(dataset)
+        for i, record in enumerate(load_dataset(dataset, split)):
+            if limit is not None and i >= limit:
+                break
+            if label_map:
+                record.spans = [type(s)(s.start, s.end, label_map.get(s.label, s.label)) for s in record.spans]
+            record.labels = annotated if len(names) > 1 else None
+            records.append(record)
+    return records
+
+
+def vocabulary_pieces(tokenizer, records, extra: int = 0) -> list[int]:
+    """Piece ids the records' words use, plus the ``extra`` most probable other pieces
+    written in Latin script, so unseen words still find familiar pieces."""
+    keep = set(tokenizer.all_special_ids)
+    seen_words = {w for r in records for w in r.words}
+    for word in seen_words:
+        keep.update(tokenizer([word], is_split_into_words=True, add_special_tokens=False)["input_ids"])
+    if extra:
+        model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+        ranked = sorted(range(len(model["vocab"])), key=lambda i: -model["vocab"][i][1])
+        added = 0
+        for i in ranked:
+            if added >= extra:
+                break
+            if i not in keep and all(ord(c) < 0x250 or c == "\u2581" for c in model["vocab"][i][0]):
+                keep.add(i)
+                added += 1
+    return sorted(keep)
+
+
+def build_pipeline(recipe: dict, train_records, dev_records):
+    pipeline, model, encoder = recipe["pipeline"], recipe["model"], recipe["encoder"]
+    nlp = spacy.blank(pipeline.get("lang", "xx"))
+    ner = nlp.add_pipe("span_ner", name="ner", config={
+        "labels": pipeline["labels"],
+        "threshold": pipeline.get("threshold", 0.5),
+        "decoding": pipeline.get("decoding", "flat"),
+        "storage": recipe.get("output", {}).get("storage", "fp32"),
+        "model": {"@architectures": "ner_suite.SpanModel.v1", "encoder": encoder["name"], **model},
+    })
+    transformer, tokenizer = load_pretrained(encoder["name"])
+    if encoder.get("trim_vocabulary"):
+        from ner.e5_converter import trim_vocabulary
+
+        keep = vocabulary_pieces(tokenizer, train_records + dev_records, encoder.get("extra_pieces", 0))
+        transformer, tokenizer = trim_vocabulary(transformer, tokenizer, keep)
+    if encoder.get("layers"):
+        transformer.encoder.layer = transformer.encoder.layer[: encoder["layers"]]
+        transformer.config.num_hidden_layers = encoder["layers"]
+    ner.set_model(transformer, tokenizer)
+    return nlp, ner
+
+
+def batch_loss(model, batch) -> torch.Tensor:
+    """The span loss of one batch of Segments; a segment whose dataset annotates only
+    some labels trains only those."""
+    labels = model.labels
+    logits, mask, _ = model([s.words for s in batch])
+    targets = span_targets([s.spans for s in batch], logits.shape[1], model.spec.max_width, labels)
+    label_mask = None
+    if any(s.labels is not None for s in batch):
+        label_mask = torch.tensor([[1.0 if s.labels is None or l in s.labels else 0.0 for l in labels] for s in batch])
+    return span_loss(logits, targets, mask, label_mask)
+
+
+def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> dict:
+    recipe = read_recipe(recipe_path)
+    settings = recipe["training"]
+    seed = settings.get("seed", 0)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    label_map = recipe["data"].get("label_map")
+    train_records = load_split(recipe["data"]["train"], label_map, limit)
+    dev_records = load_split(recipe["data"]["dev"], label_map, limit)
+    nlp, ner = build_pipeline(recipe, train_records, dev_records)
+    model = ner.model
+    labels = model.labels
+    count = lambda w: len(model.encoder.word_pieces(w))
+    segments = [s for r in train_records for s in make_segments(r, count, settings.get("segment_subwords", 200))]
+    too_wide = sum(1 for s in segments for a, b, _ in s.spans if b - a > model.spec.max_width)
+    log(f"{len(train_records)} train records → {len(segments)} segments; "
+        f"{too_wide} gold spans wider than max_width={model.spec.max_width} cannot be learnt")
+
+    epochs = epochs or settings.get("epochs", 3)
+    rng = random.Random(seed)
+    steps_per_epoch = len(length_batches(segments, settings.get("batch_words", 1500), random.Random(seed)))
+    total = steps_per_epoch * epochs
+    head_params = list(model.head.parameters())
+    optimizer = torch.optim.AdamW([
+        {"params": list(model.encoder.parameters()), "lr": settings.get("learning_rate", 1e-4)},
+        {"params": head_params, "lr": settings.get("head_learning_rate", 1e-3)},
+    ], weight_decay=settings.get("weight_decay", 0.01))
+    warmup = int(total * settings.get("warmup", 0.1))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / max(warmup, 1), max(0.0, (total - step) / max(total - warmup, 1)))
+    )
+    output = Path(output or recipe["output"]["path"])
+    history, best = [], -1.0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        started, running = time.time(), 0.0
+        batches = length_batches(segments, settings.get("batch_words", 1500), rng)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", mininterval=10)
+        for step, batch in enumerate(bar, 1):
+            loss = batch_loss(model, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            running += loss.item()
+            bar.set_postfix(loss=f"{running / step:.4f}")
+        scores = evaluate(nlp, dev_records).micro
+        entry = {"epoch": epoch, "loss": running / max(len(batches), 1), "dev_f1": scores["f1"],
+                 "dev_precision": scores["precision"], "dev_recall": scores["recall"],
+                 "seconds": round(time.time() - started, 1)}
+        history.append(entry)
+        log(json.dumps(entry))
+        if scores["f1"] > best:
+            best = scores["f1"]
+            nlp.to_disk(output)
+            log(f"saved best so far to {output}")
+        (output / "training.json").write_text(json.dumps({"recipe": recipe, "epochs": history}, indent=2))
+    return {"best_dev_f1": best, "epochs": history, "output": str(output)}
