@@ -33,12 +33,12 @@ def read_recipe(path) -> dict:
 def load_split(names: list[str], label_map: dict | None = None, limit: int | None = None):
     """Records of every ``dataset:split`` named, labels mapped, with ``labels`` set to
     the types the source dataset annotates (for loss masking in joint training)."""
-    from ner.datasets import dataset_labels, load_dataset
+    from ner.datasets import dataset_info, load_dataset
 
     records = []
     for name in names:
         dataset, split = name.split(":")
-        annotated = [label_map.get(l, l) for l in dataset_labels(dataset)] if label_map else dataset_labels(dataset)
+        annotated = [label_map.get(l, l) for l in dataset_info(dataset)["labels"]] if label_map else dataset_info(dataset)["labels"]
         for i, record in enumerate(load_dataset(dataset, split)):
             if limit is not None and i >= limit:
                 break
@@ -136,6 +136,7 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
         optimizer, lambda step: min((step + 1) / max(warmup, 1), max(0.0, (total - step) / max(total - warmup, 1)))
     )
     output = Path(output or recipe["output"]["path"])
+    output.mkdir(parents=True, exist_ok=True)
     history, best = [], -1.0
     for epoch in range(1, epochs + 1):
         model.train()

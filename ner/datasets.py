@@ -1,0 +1,112 @@
+"""Shared datasets by name and split, so configs say ("wnut17", "train") rather than a
+path plus reader options.
+
+The manifest ``data/datasets.toml`` (package ``ner.data``) is the one place that knows
+where each dataset's files are, which reader and options they need, which splits exist
+and under what licence. The files themselves stay in the read-only shared data folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+from ner.readers import read_records
+from ner.spans import Record
+
+DATA_ROOT_VARIABLE = "NER_SUITE_DATA"
+_PLACEHOLDERS = {"{lang}": "languages", "{subset}": "subsets"}
+_SPLIT_ALIASES = {"validation": "dev", "val": "dev", "devel": "dev", "testa": "dev", "testb": "test"}
+
+
+@lru_cache(maxsize=1)
+def load_manifest() -> dict:
+    """The parsed manifest: dataset name → entry (as written, templates unexpanded)."""
+    try:
+        text = resources.files("ner.data").joinpath("datasets.toml").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):
+        # Running from a source tree (PYTHONPATH) where data/ is not yet mapped to ner.data.
+        text = (Path(__file__).parent.parent / "data" / "datasets.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def list_datasets() -> list[str]:
+    """Every loadable name; templated datasets appear once per language or subset."""
+    names = []
+    for name, entry in load_manifest().items():
+        key = _template_key(entry)
+        if key is None:
+            names.append(name)
+        else:
+            names.extend(f"{name}/{variant}" for variant in entry[key])
+    return names
+
+
+def dataset_info(name: str) -> dict:
+    """The manifest entry for a loadable name, with its split paths filled in."""
+    base, _, variant = name.partition("/")
+    manifest = load_manifest()
+    if base not in manifest:
+        raise ValueError(f"unknown dataset {name!r}; see list_datasets()")
+    entry = dict(manifest[base])
+    key = _template_key(entry)
+    if (key is None and variant) or (key is not None and variant not in entry[key]):
+        choices = [n for n in list_datasets() if n.split("/")[0] == base]
+        raise ValueError(f"unknown dataset {name!r}; choose one of {choices}")
+    if key is not None:
+        placeholder = next(p for p, k in _PLACEHOLDERS.items() if k == key)
+        entry["splits"] = {split: path.replace(placeholder, variant) for split, path in entry["splits"].items()}
+    return entry
+
+
+def _template_key(entry: dict) -> str | None:
+    """"languages" or "subsets" when the entry's paths are templated over them."""
+    for placeholder, key in _PLACEHOLDERS.items():
+        if any(placeholder in path for path in entry["splits"].values()):
+            return key
+    return None
+
+
+def find_data_root() -> Path:
+    """``$NER_SUITE_DATA``, else the first ``shared/data`` folder above the current
+    directory or above this package (``../shared/data`` from the project root)."""
+    if os.environ.get(DATA_ROOT_VARIABLE):
+        return Path(os.environ[DATA_ROOT_VARIABLE])
+    for start in (Path.cwd(), Path(__file__).resolve().parent):
+        for folder in (start, *start.parents):
+            if (folder / "shared" / "data").is_dir():
+                return folder / "shared" / "data"
+    raise FileNotFoundError(f"no shared/data folder found; set {DATA_ROOT_VARIABLE}")
+
+
+def split_path(name: str, split: str, *, data_root=None) -> Path:
+    """The file (or folder) holding one split of a dataset."""
+    entry = dataset_info(name)
+    split = _SPLIT_ALIASES.get(split, split)
+    if split not in entry["splits"]:
+        why = "missing from this copy" if split in entry.get("missing", []) else "not a split"
+        raise ValueError(f"{name!r} has no {split!r} split ({why}); available: {sorted(entry['splits'])}")
+    return Path(data_root or find_data_root()) / entry["splits"][split]
+
+
+def load_dataset(name: str, split: str, *, data_root=None, map_labels: bool = False) -> Iterator[Record]:
+    """Stream one split of a dataset as Records, read with the manifest's reader options.
+
+    ``map_labels=True`` renames labels through the entry's ``label_map`` (labels it does not
+    list stay as they are).
+    """
+    entry = dataset_info(name)
+    path = split_path(name, split, data_root=data_root)
+    records = read_records(path, entry["format"], **entry.get("options", {}))
+    label_map = entry.get("label_map", {}) if map_labels else {}
+    return (_rename_labels(record, label_map) for record in records) if label_map else records
+
+
+def _rename_labels(record: Record, label_map: dict[str, str]) -> Record:
+    spans = sorted({dataclasses.replace(span, label=label_map.get(span.label, span.label)) for span in record.spans})
+    labels = None if record.labels is None else [label_map.get(label, label) for label in record.labels]
+    return dataclasses.replace(record, spans=spans, labels=labels)

@@ -1,0 +1,220 @@
+"""Peers trained on the same data, for side-by-side comparison with a span pipeline:
+
+- ``token-classifier``: the recipe's encoder (vocabulary trimmed the same way) as a
+  transformers ``AutoModelForTokenClassification`` (BIO softmax on each word's first
+  subword), trained on the same document segments for the same number of epochs;
+- ``spacy-cnn``: spaCy's own ``spacy train`` with the default CNN NER config.
+
+``compare`` then measures every pipeline on the same test records in one process,
+interleaved, so the words/s ratios hold on a shared, noisy machine.
+
+    python -m ner.training.peers token-classifier training/en.toml runs/peers/en-token-classifier
+    python -m ner.training.peers spacy-cnn training/en.toml runs/peers/en-spacy-cnn
+    python -m ner.training.peers compare training/en.toml pipelines/en runs/peers/en-token-classifier runs/peers/en-spacy-cnn/model-best
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ner.evaluation import Scores, evaluate, predict_docs, record_to_doc
+from ner.spans import char_spans_to_word_spans, tags_to_word_spans, word_spans_to_tags
+from ner.training.batches import length_batches, make_segments
+from ner.training.loop import load_split, read_recipe, vocabulary_pieces
+
+
+class TokenClassifier:
+    """BIO tagging over first subwords with a transformers token-classification model."""
+
+    def __init__(self, model, tokenizer, tags: list[str]):
+        self.model, self.tokenizer, self.tags = model, tokenizer, tags
+
+    def encode(self, batch_words, batch_tags=None):
+        encoded = self.tokenizer(batch_words, is_split_into_words=True, padding=True, return_tensors="pt")
+        labels = []
+        for b in range(len(batch_words)):
+            seen, row = set(), []
+            for word in encoded.word_ids(b):
+                if word is None or word in seen:
+                    row.append(-100)
+                else:
+                    seen.add(word)
+                    row.append(self.tags.index(batch_tags[b][word]) if batch_tags else 0)
+            labels.append(row)
+        return encoded, torch.tensor(labels)
+
+    def predict_spans(self, batch_words):
+        encoded, labels = self.encode(batch_words)
+        with torch.inference_mode():
+            best = self.model(**encoded).logits.argmax(-1)
+        out = []
+        for b in range(len(batch_words)):
+            tags = [self.tags[t] for t, l in zip(best[b].tolist(), labels[b].tolist()) if l != -100]
+            out.append(tags_to_word_spans(tags))
+        return out
+
+    def save(self, path):
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        (Path(path) / "tags.json").write_text(json.dumps(self.tags))
+
+    @classmethod
+    def load(cls, path):
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        tags = json.loads((Path(path) / "tags.json").read_text())
+        return cls(AutoModelForTokenClassification.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), tags)
+
+
+def test_segments(recipe, count_pieces):
+    """Test documents cut into the same sentence-packed segments used in training."""
+    records = load_split(recipe["data"]["test"], recipe["data"].get("label_map"))
+    return records, [make_segments(r, count_pieces, recipe["training"].get("segment_subwords", 200)) for r in records]
+
+
+def evaluate_token_classifier(classifier, records, segmented, batch_size=16) -> tuple[Scores, float]:
+    scores, started = Scores(), time.perf_counter()
+    for record, segments in zip(records, segmented):
+        predicted, offset = [], 0
+        for start in range(0, len(segments), batch_size):
+            chunk = segments[start : start + batch_size]
+            for segment, spans in zip(chunk, classifier.predict_spans([s.words for s in chunk])):
+                predicted += [(s + offset, e + offset, l) for s, e, l in spans]
+                offset += len(segment.words)
+        scores.add(char_spans_to_word_spans(record.tokens, record.spans), predicted)
+    return scores, time.perf_counter() - started
+
+
+def train_token_classifier(recipe_path, output):
+    from transformers import AutoModelForTokenClassification
+
+    from ner.e5_converter import trim_vocabulary
+    from ner.encoders import load_pretrained
+
+    recipe = read_recipe(recipe_path)
+    settings, labels = recipe["training"], recipe["pipeline"]["labels"]
+    random.seed(settings.get("seed", 0))
+    torch.manual_seed(settings.get("seed", 0))
+    train = load_split(recipe["data"]["train"], recipe["data"].get("label_map"))
+    dev = load_split(recipe["data"]["dev"], recipe["data"].get("label_map"))
+    transformer, tokenizer = load_pretrained(recipe["encoder"]["name"])
+    if recipe["encoder"].get("trim_vocabulary"):
+        keep = vocabulary_pieces(tokenizer, train + dev, recipe["encoder"].get("extra_pieces", 0))
+        transformer, tokenizer = trim_vocabulary(transformer, tokenizer, keep)
+    tags = ["O"] + [f"{p}-{l}" for l in labels for p in "BI"]
+    model = AutoModelForTokenClassification.from_config(transformer.config.__class__(**{**transformer.config.to_dict(), "num_labels": len(tags)}))
+    getattr(model, model.base_model_prefix).load_state_dict(transformer.state_dict(), strict=False)
+    classifier = TokenClassifier(model, tokenizer, tags)
+    count = lambda w: len(tokenizer([w], is_split_into_words=True, add_special_tokens=False)["input_ids"])
+    segments = [s for r in train for s in make_segments(r, count, settings.get("segment_subwords", 200))]
+    epochs = settings.get("epochs", 3)
+    rng = random.Random(settings.get("seed", 0))
+    n_steps = len(length_batches(segments, settings.get("batch_words", 1500), random.Random(0))) * epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.get("peer_learning_rate", 5e-5), weight_decay=0.01)
+    warmup = int(n_steps * settings.get("warmup", 0.1))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(warmup, 1), max(0.0, (n_steps - s) / max(n_steps - warmup, 1))))
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        started, total = time.time(), 0.0
+        batches = length_batches(segments, settings.get("batch_words", 1500), rng)
+        for step, batch in enumerate(batches, 1):
+            encoded, targets = classifier.encode([s.words for s in batch], [word_spans_to_tags(len(s.words), s.spans) for s in batch])
+            loss = model(**encoded, labels=targets).loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            total += loss.item()
+            if step % 50 == 0:
+                print(f"epoch {epoch} step {step}/{len(batches)} loss {total / step:.4f}", flush=True)
+        history.append({"epoch": epoch, "loss": total / len(batches), "seconds": round(time.time() - started, 1)})
+        print(json.dumps(history[-1]), flush=True)
+    model.eval()
+    classifier.save(output)
+    (Path(output) / "training.json").write_text(json.dumps({"recipe": recipe_path, "epochs": history}, indent=2))
+
+
+def train_spacy_cnn(recipe_path, output):
+    """spaCy's default CNN NER config (``spacy init config --pipeline ner``), trained by
+    ``spacy train`` on the recipe's data written as DocBin files."""
+    import spacy
+    from spacy.tokens import DocBin
+
+    recipe = read_recipe(recipe_path)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    nlp = spacy.blank(recipe["pipeline"].get("lang", "en"))
+    for split in ("train", "dev"):
+        docbin = DocBin()
+        for record in load_split(recipe["data"][split], recipe["data"].get("label_map")):
+            doc = record_to_doc(nlp.vocab, record)
+            doc.ents = [spacy.tokens.Span(doc, s, e, label=l) for s, e, l in char_spans_to_word_spans(record.tokens, record.spans)]
+            docbin.add(doc)
+        docbin.to_disk(output / f"{split}.spacy")
+    lang = recipe["pipeline"].get("lang", "en")
+    subprocess.run([sys.executable, "-m", "spacy", "init", "config", str(output / "config.cfg"), "--lang", lang,
+                    "--pipeline", "ner", "--optimize", "efficiency", "--force"], check=True)
+    subprocess.run([sys.executable, "-m", "spacy", "train", str(output / "config.cfg"), "--output", str(output),
+                    "--paths.train", str(output / "train.spacy"), "--paths.dev", str(output / "dev.spacy")], check=True)
+
+
+def compare(recipe_path, span_pipeline, token_classifier_path, spacy_cnn_path, rounds=2):
+    """F1 and words/s of the three on the recipe's test data, measured in one process,
+    interleaved over ``rounds`` rounds (words/s is the best round)."""
+    import spacy
+
+    import ner
+
+    recipe = read_recipe(recipe_path)
+    span_nlp = ner.load(span_pipeline)
+    classifier = TokenClassifier.load(token_classifier_path)
+    count = lambda w: len(classifier.tokenizer([w], is_split_into_words=True, add_special_tokens=False)["input_ids"])
+    records, segmented = test_segments(recipe, count)
+    cnn = spacy.load(spacy_cnn_path)
+    n_words = sum(len(r.tokens) for r in records)
+    results = {}
+    for _ in range(rounds):
+        for name, run in (
+            ("span pipeline (this suite)", lambda: _timed(evaluate, span_nlp, records)),
+            ("token classifier (same encoder)", lambda: evaluate_token_classifier(classifier, records, segmented)),
+            ("spaCy CNN (spacy train, default config)", lambda: _timed(evaluate, cnn, records)),
+        ):
+            scores, seconds = run()
+            best = results.get(name, {}).get("words_per_second", 0)
+            results[name] = {"f1": round(100 * scores.micro["f1"], 2), "words_per_second": round(max(best, n_words / seconds))}
+    for name, row in results.items():
+        print(f"| {name} | {row['f1']:.2f} | {row['words_per_second']} |")
+    return results
+
+
+def _timed(function, *args):
+    started = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - started
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m ner.training.peers")
+    parser.add_argument("what", choices=["token-classifier", "spacy-cnn", "compare"])
+    parser.add_argument("recipe")
+    parser.add_argument("paths", nargs="+")
+    args = parser.parse_args(argv)
+    if args.what == "token-classifier":
+        train_token_classifier(args.recipe, args.paths[0])
+    elif args.what == "spacy-cnn":
+        train_spacy_cnn(args.recipe, args.paths[0])
+    else:
+        print(json.dumps(compare(args.recipe, *args.paths), indent=2))
+
+
+if __name__ == "__main__":
+    main()
