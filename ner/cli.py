@@ -49,7 +49,9 @@ def run_tag(args) -> int:
         return 2
     nlp = ner.load(args.pipeline)
     source = sys.stdin if args.input == "-" else args.input
-    options = {"text_field": args.text_field} if input_format == "jsonl" else {}
+    # Tags in a CoNLL input are ignored; the widest scheme accepts them all, and needs no
+    # detection pass (stdin can be read once only).
+    options = {"jsonl": {"text_field": args.text_field}, "conll": {"scheme": "BIOES"}}.get(input_format, {})
     records = read_records(source, format=input_format, **options)
     tagged = tag_records(nlp, records, batch_size=args.batch_size)
     if sys.stderr.isatty():
@@ -57,7 +59,8 @@ def run_tag(args) -> int:
 
         tagged = tqdm(tagged, unit="doc", desc="tagging")
     destination = sys.stdout if args.output == "-" else args.output
-    write_records(tagged, destination, format=output_format, nlp=nlp)
+    write_records(tagged, destination, format=output_format,
+                  **({"nlp_or_vocab": nlp} if output_format == "docbin" else {}))
     return 0
 
 

@@ -15,6 +15,7 @@ line), because one bad line in a 200k-sentence silver corpus should not block tr
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import json
 import logging
@@ -45,6 +46,13 @@ _TAG_PATTERNS = {
     "BIOES": re.compile(r"O|[BIESLU]-.+"),
 }
 _JSON_CHUNK = 1 << 20
+
+
+def _open_lines(path_or_file):
+    """A path is opened as UTF-8 text; an open text stream (stdin) is used as it is."""
+    if isinstance(path_or_file, (str, os.PathLike)):
+        return open(path_or_file, encoding="utf-8")
+    return contextlib.nullcontext(path_or_file)
 
 
 # --------------------------------------------------------------------------- errors
@@ -199,7 +207,7 @@ def _parse_conll(path, layout: _Layout, scheme: str, errors: str):
 def _conll_blocks(path, comment_prefix: str | None):
     """Yield ``_DOCSTART`` or (numbered lines, comments) per blank-line separated block."""
     lines, comments = [], []
-    with open(path, encoding="utf-8") as file:
+    with _open_lines(path) as file:
         for line_number, line in enumerate(file, 1):
             line = line.rstrip("\r\n")
             is_docstart = line.lstrip().startswith("-DOCSTART-")
@@ -621,7 +629,7 @@ def _trimmed_offsets(span):
 
 def _iter_json_lines(path, errors: str):
     """Yield (line number, value) for each non-blank line; invalid JSON per ``errors``."""
-    with open(path, encoding="utf-8") as file:
+    with _open_lines(path) as file:
         for line_number, line in enumerate(file, 1):
             if not line.strip():
                 continue
@@ -686,6 +694,7 @@ READERS = {
     "brat": read_brat,
     "slimer": read_slimer,
     "text": read_text,
+    "txt": read_text,
     "jsonl": read_jsonl,
     "docbin": read_docbin,
 }

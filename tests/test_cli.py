@@ -1,0 +1,75 @@
+"""``ner tag`` and ``ner evaluate`` end to end on a tiny pipeline saved to disk."""
+import io
+import json
+import sys
+
+import pytest
+import spacy
+
+from ner.cli import main
+from ner.readers import read_conll, read_docbin
+
+from test_span_ner import TestEnglishContract
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    contract = TestEnglishContract()
+    nlp, ner = contract.build()
+    contract.overfit(ner)
+    path = tmp_path_factory.mktemp("pipeline") / "tiny"
+    nlp.to_disk(path)
+    return path
+
+
+TEXTS = ["Angela Merkel met Tim Cook in Berlin .", "", "Apple and Google visited Paris ."]
+
+
+def test_tag_jsonl_keeps_order_and_schema(pipeline_dir, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"id": f"d{i}", "body": t}) + "\n" for i, t in enumerate(TEXTS)))
+    out = tmp_path / "out.jsonl"
+    assert main(["tag", str(source), "-o", str(out), "--pipeline", str(pipeline_dir), "--text-field", "body", "--batch-size", "2"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["d0", "d1", "d2"]
+    assert [(e["text"], e["label"]) for e in rows[0]["entities"]] == [("Angela Merkel", "PER"), ("Tim Cook", "PER"), ("Berlin", "LOC")]
+    assert rows[1]["entities"] == []
+    entity = rows[2]["entities"][0]
+    assert set(entity) == {"start", "end", "label", "score", "text"}
+    assert rows[2]["text"][entity["start"]:entity["end"]] == entity["text"] == "Apple"
+    assert 0.5 <= entity["score"] <= 1.0
+
+
+def test_tag_stdin_to_stdout(pipeline_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(TEXTS) + "\n"))
+    assert main(["tag", "--pipeline", str(pipeline_dir)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    assert [e["label"] for e in rows[0]["entities"]] == ["PER", "PER", "LOC"]
+
+
+def test_tag_conll_in_conll_and_docbin_out(pipeline_dir, tmp_path):
+    source = tmp_path / "in.conll"
+    source.write_text("\n".join(f"{w} O" for w in TEXTS[0].split()) + "\n\n")
+    out = tmp_path / "out.conll"
+    assert main(["tag", str(source), "-o", str(out), "--pipeline", str(pipeline_dir)]) == 0
+    record = next(read_conll(out))
+    assert [(record.text[s.start:s.end], s.label) for s in record.spans] == [("Angela Merkel", "PER"), ("Tim Cook", "PER"), ("Berlin", "LOC")]
+    docbin = tmp_path / "out.spacy"
+    assert main(["tag", str(source), "-o", str(docbin), "--pipeline", str(pipeline_dir)]) == 0
+    record = next(read_docbin(docbin, spacy.blank("en").vocab))
+    assert len(record.spans) == 3
+
+
+def test_evaluate_prints_micro_and_per_label(pipeline_dir, tmp_path, capsys):
+    data = tmp_path / "gold.conll"
+    data.write_text("Angela B-PER\nMerkel I-PER\nmet O\nTim B-PER\nCook I-PER\nin O\nBerlin B-LOC\n. O\n\n")
+    assert main(["evaluate", str(pipeline_dir), str(data), "--format", "conll", "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "micro" in out and "PER" in out and "words/s" in out
+    assert json.loads((tmp_path / "s.json").read_text())["micro"]["f1"] == 1.0
+
+
+def test_unknown_pipeline_is_a_clear_error():
+    with pytest.raises(ValueError, match="no pipeline 'nonexistent'"):
+        main(["tag", "--pipeline", "nonexistent"])
