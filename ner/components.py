@@ -143,6 +143,10 @@ class SpanNER(Pipe):
         (path / "encoder").mkdir(parents=True, exist_ok=True)
         self.model.encoder.transformer.config.save_pretrained(path / "encoder")
         self.model.encoder.tokenizer.save_pretrained(path / "encoder")
+        # transformers pretty-prints tokenizer.json; compact JSON is half the size on disk.
+        tokenizer_json = path / "encoder" / "tokenizer.json"
+        if tokenizer_json.exists():
+            tokenizer_json.write_text(json.dumps(json.loads(tokenizer_json.read_text()), ensure_ascii=False, separators=(",", ":")))
         spec = {k: v for k, v in vars(self.spec).items() if k != "extra"}
         (path / "cfg.json").write_text(json.dumps({**self.cfg, "spec": spec}, indent=2))
         save_weights(self.model.state_dict(), path / "model.safetensors", self.cfg["storage"])

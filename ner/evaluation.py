@@ -78,3 +78,28 @@ def evaluate(nlp, records, *, batch_size: int = 16, progress=None) -> Scores:
         gold = char_spans_to_word_spans(record.tokens, record.spans)
         scores.add(gold, [(e.start, e.end, e.label_) for e in doc.ents])
     return scores
+
+
+def threshold_scores(component, records, thresholds, *, batch_size: int = 8) -> dict[float, Scores]:
+    """Scores of a span component at several decoding thresholds from a single prediction
+    pass over pre-tokenised records (for choosing the threshold on dev data)."""
+    from ner.decoding import DECODERS
+
+    decode = DECODERS[component.cfg["decoding"]]
+    scores = {t: Scores() for t in thresholds}
+    records = sorted(records, key=lambda r: len(r.tokens))
+    component.model.eval()
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        probs, _ = component.model.predict([r.words for r in chunk])
+        for record, doc_probs in zip(chunk, probs):
+            gold = char_spans_to_word_spans(record.tokens, record.spans)
+            for t in thresholds:
+                scores[t].add(gold, [(s, e, l) for s, e, l, _ in decode(doc_probs, component.model.labels, t)])
+    return scores
+
+
+def best_threshold(component, records, thresholds=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6)) -> tuple[float, Scores]:
+    scores = threshold_scores(component, records, thresholds)
+    best = max(thresholds, key=lambda t: scores[t].micro["f1"])
+    return best, scores[best]

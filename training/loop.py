@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ner.encoders import load_pretrained
-from ner.evaluation import evaluate
+from ner.evaluation import best_threshold, evaluate
 from ner.span_model import span_loss, span_targets
 from ner.training.batches import length_batches, make_segments
 
@@ -72,6 +72,9 @@ def vocabulary_pieces(tokenizer, records, extra: int = 0) -> list[int]:
 def build_pipeline(recipe: dict, train_records, dev_records):
     pipeline, model, encoder = recipe["pipeline"], recipe["model"], recipe["encoder"]
     nlp = spacy.blank(pipeline.get("lang", "xx"))
+    nlp.meta.update({"name": pipeline["name"], "version": pipeline.get("version", "0.1.0"),
+                     "description": pipeline.get("description", ""), "license": pipeline.get("license", ""),
+                     "sources": [{"name": name} for name in recipe["data"]["train"]]})
     ner = nlp.add_pipe("span_ner", name="ner", config={
         "labels": pipeline["labels"],
         "threshold": pipeline.get("threshold", 0.5),
@@ -102,6 +105,17 @@ def batch_loss(model, batch) -> torch.Tensor:
     if any(s.labels is not None for s in batch):
         label_mask = torch.tensor([[1.0 if s.labels is None or l in s.labels else 0.0 for l in labels] for s in batch])
     return span_loss(logits, targets, mask, label_mask)
+
+
+def export_pipeline(nlp, path) -> None:
+    """Save ``nlp`` through a fresh Language built from its config, so the strings that
+    evaluation added to the vocabulary are not shipped."""
+    fresh = type(nlp).from_config(nlp.config)
+    fresh.meta.update(nlp.meta)
+    for name, component in nlp.pipeline:
+        copy = fresh.get_pipe(name)
+        copy.cfg, copy.spec, copy.model = dict(component.cfg), component.spec, component.model
+    fresh.to_disk(path)
 
 
 def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> dict:
@@ -152,15 +166,20 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
             schedule.step()
             running += loss.item()
             bar.set_postfix(loss=f"{running / step:.4f}")
-        scores = evaluate(nlp, dev_records).micro
+        if settings.get("tune_threshold", True):
+            threshold, dev_scores = best_threshold(ner, dev_records)
+            ner.cfg["threshold"] = threshold
+        else:
+            threshold, dev_scores = ner.cfg["threshold"], evaluate(nlp, dev_records)
+        scores = dev_scores.micro
         entry = {"epoch": epoch, "loss": running / max(len(batches), 1), "dev_f1": scores["f1"],
-                 "dev_precision": scores["precision"], "dev_recall": scores["recall"],
+                 "dev_precision": scores["precision"], "dev_recall": scores["recall"], "threshold": threshold,
                  "seconds": round(time.time() - started, 1)}
         history.append(entry)
         log(json.dumps(entry))
         if scores["f1"] > best:
             best = scores["f1"]
-            nlp.to_disk(output)
+            export_pipeline(nlp, output)
             log(f"saved best so far to {output}")
         (output / "training.json").write_text(json.dumps({"recipe": recipe, "epochs": history}, indent=2))
     return {"best_dev_f1": best, "epochs": history, "output": str(output)}

@@ -3,14 +3,16 @@
 - ``token-classifier``: the recipe's encoder (vocabulary trimmed the same way) as a
   transformers ``AutoModelForTokenClassification`` (BIO softmax on each word's first
   subword), trained on the same document segments for the same number of epochs;
-- ``spacy-cnn``: spaCy's own ``spacy train`` with the default CNN NER config.
+- ``spacy-cnn``: spaCy's own ``spacy train`` with the default CNN NER config (capped at
+  6,000 steps so it ends on a 2-core machine; its default stops on patience or 20,000).
 
 ``compare`` then measures every pipeline on the same test records in one process,
 interleaved, so the words/s ratios hold on a shared, noisy machine.
 
     python -m ner.training.peers token-classifier training/en.toml runs/peers/en-token-classifier
     python -m ner.training.peers spacy-cnn training/en.toml runs/peers/en-spacy-cnn
-    python -m ner.training.peers compare training/en.toml pipelines/en runs/peers/en-token-classifier runs/peers/en-spacy-cnn/model-best
+    python -m ner.training.peers compare training/en.toml --span en \
+        --token-classifier runs/peers/en-token-classifier --spacy-cnn runs/peers/en-spacy-cnn/model-best
 """
 from __future__ import annotations
 
@@ -164,30 +166,35 @@ def train_spacy_cnn(recipe_path, output):
     subprocess.run([sys.executable, "-m", "spacy", "init", "config", str(output / "config.cfg"), "--lang", lang,
                     "--pipeline", "ner", "--optimize", "efficiency", "--force"], check=True)
     subprocess.run([sys.executable, "-m", "spacy", "train", str(output / "config.cfg"), "--output", str(output),
-                    "--paths.train", str(output / "train.spacy"), "--paths.dev", str(output / "dev.spacy")], check=True)
+                    "--paths.train", str(output / "train.spacy"), "--paths.dev", str(output / "dev.spacy"),
+                    "--training.max_steps", "6000"], check=True)
 
 
-def compare(recipe_path, span_pipeline, token_classifier_path, spacy_cnn_path, rounds=2):
-    """F1 and words/s of the three on the recipe's test data, measured in one process,
-    interleaved over ``rounds`` rounds (words/s is the best round)."""
+def compare(recipe_path, span=None, token_classifier=None, spacy_cnn=None, rounds=2):
+    """F1 and words/s on the recipe's test data for whichever of the three are given,
+    measured in one process, interleaved over ``rounds`` rounds (words/s: best round)."""
     import spacy
 
     import ner
 
     recipe = read_recipe(recipe_path)
-    span_nlp = ner.load(span_pipeline)
-    classifier = TokenClassifier.load(token_classifier_path)
-    count = lambda w: len(classifier.tokenizer([w], is_split_into_words=True, add_special_tokens=False)["input_ids"])
-    records, segmented = test_segments(recipe, count)
-    cnn = spacy.load(spacy_cnn_path)
+    records = load_split(recipe["data"]["test"], recipe["data"].get("label_map"))
+    runners = {}
+    if span:
+        span_nlp = ner.load(span)
+        runners["span pipeline (this suite)"] = lambda: _timed(evaluate, span_nlp, records)
+    if token_classifier:
+        classifier = TokenClassifier.load(token_classifier)
+        count = lambda w: len(classifier.tokenizer([w], is_split_into_words=True, add_special_tokens=False)["input_ids"])
+        _, segmented = test_segments(recipe, count)
+        runners["token classifier (same encoder)"] = lambda: evaluate_token_classifier(classifier, records, segmented)
+    if spacy_cnn:
+        cnn = spacy.load(spacy_cnn)
+        runners["spaCy CNN (spacy train, default config)"] = lambda: _timed(evaluate, cnn, records)
     n_words = sum(len(r.tokens) for r in records)
     results = {}
     for _ in range(rounds):
-        for name, run in (
-            ("span pipeline (this suite)", lambda: _timed(evaluate, span_nlp, records)),
-            ("token classifier (same encoder)", lambda: evaluate_token_classifier(classifier, records, segmented)),
-            ("spaCy CNN (spacy train, default config)", lambda: _timed(evaluate, cnn, records)),
-        ):
+        for name, run in runners.items():
             scores, seconds = run()
             best = results.get(name, {}).get("words_per_second", 0)
             results[name] = {"f1": round(100 * scores.micro["f1"], 2), "words_per_second": round(max(best, n_words / seconds))}
@@ -206,14 +213,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m ner.training.peers")
     parser.add_argument("what", choices=["token-classifier", "spacy-cnn", "compare"])
     parser.add_argument("recipe")
-    parser.add_argument("paths", nargs="+")
+    parser.add_argument("output", nargs="?", help="where a trained peer goes")
+    parser.add_argument("--span", help="compare: span pipeline name or directory")
+    parser.add_argument("--token-classifier", help="compare: trained token-classifier directory")
+    parser.add_argument("--spacy-cnn", help="compare: trained spaCy pipeline directory")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
     if args.what == "token-classifier":
-        train_token_classifier(args.recipe, args.paths[0])
+        train_token_classifier(args.recipe, args.output)
     elif args.what == "spacy-cnn":
-        train_spacy_cnn(args.recipe, args.paths[0])
+        train_spacy_cnn(args.recipe, args.output)
     else:
-        print(json.dumps(compare(args.recipe, *args.paths), indent=2))
+        print(json.dumps(compare(args.recipe, args.span, args.token_classifier, args.spacy_cnn, args.rounds), indent=2))
 
 
 if __name__ == "__main__":
