@@ -107,6 +107,22 @@ def batch_loss(model, batch) -> torch.Tensor:
     return span_loss(logits, targets, mask, label_mask)
 
 
+def linear_schedule(optimizer, total_steps: int, warmup_steps: int):
+    """Linear warm-up to the optimiser's learning rates, then linear decay to zero."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(
+        (step + 1) / max(warmup_steps, 1), max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1))))
+
+
+def optimizer_step(model, optimizer, schedule, loss) -> float:
+    """Back-propagate, clip gradients to norm 1, step the optimiser and the schedule."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    schedule.step()
+    return loss.item()
+
+
 def export_pipeline(nlp, path) -> None:
     """Save ``nlp`` through a fresh Language built from its config, so the strings that
     evaluation added to the vocabulary are not shipped."""
@@ -146,9 +162,7 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
         {"params": head_params, "lr": settings.get("head_learning_rate", 1e-3)},
     ], weight_decay=settings.get("weight_decay", 0.01))
     warmup = int(total * settings.get("warmup", 0.1))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / max(warmup, 1), max(0.0, (total - step) / max(total - warmup, 1)))
-    )
+    schedule = linear_schedule(optimizer, total, warmup)
     output = Path(output or recipe["output"]["path"])
     output.mkdir(parents=True, exist_ok=True)
     history, best = [], -1.0
@@ -158,13 +172,7 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
         batches = length_batches(segments, settings.get("batch_words", 1500), rng)
         bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", mininterval=10)
         for step, batch in enumerate(bar, 1):
-            loss = batch_loss(model, batch)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            running += loss.item()
+            running += optimizer_step(model, optimizer, schedule, batch_loss(model, batch))
             bar.set_postfix(loss=f"{running / step:.4f}")
         if settings.get("tune_threshold", True):
             threshold, dev_scores = best_threshold(ner, dev_records)

@@ -29,7 +29,7 @@ import torch
 from ner.evaluation import Scores, evaluate, predict_docs, record_to_doc
 from ner.spans import char_spans_to_word_spans, tags_to_word_spans, word_spans_to_tags
 from ner.training.batches import length_batches, make_segments
-from ner.training.loop import load_split, read_recipe, vocabulary_pieces
+from ner.training.loop import linear_schedule, load_split, optimizer_step, read_recipe, vocabulary_pieces
 
 
 class TokenClassifier:
@@ -121,7 +121,7 @@ def train_token_classifier(recipe_path, output):
     n_steps = len(length_batches(segments, settings.get("batch_words", 1500), random.Random(0))) * epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.get("peer_learning_rate", 5e-5), weight_decay=0.01)
     warmup = int(n_steps * settings.get("warmup", 0.1))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min((s + 1) / max(warmup, 1), max(0.0, (n_steps - s) / max(n_steps - warmup, 1))))
+    schedule = linear_schedule(optimizer, n_steps, warmup)
     history = []
     for epoch in range(1, epochs + 1):
         model.train()
@@ -129,13 +129,7 @@ def train_token_classifier(recipe_path, output):
         batches = length_batches(segments, settings.get("batch_words", 1500), rng)
         for step, batch in enumerate(batches, 1):
             encoded, targets = classifier.encode([s.words for s in batch], [word_spans_to_tags(len(s.words), s.spans) for s in batch])
-            loss = model(**encoded, labels=targets).loss
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            total += loss.item()
+            total += optimizer_step(model, optimizer, schedule, model(**encoded, labels=targets).loss)
             if step % 50 == 0:
                 print(f"epoch {epoch} step {step}/{len(batches)} loss {total / step:.4f}", flush=True)
         history.append({"epoch": epoch, "loss": total / len(batches), "seconds": round(time.time() - started, 1)})
