@@ -7,6 +7,7 @@ Doc's own tokens (whitespace tokens skipped) and never re-tokenises.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -147,8 +148,7 @@ class SpanNER(Pipe):
         tokenizer_json = path / "encoder" / "tokenizer.json"
         if tokenizer_json.exists():
             tokenizer_json.write_text(json.dumps(json.loads(tokenizer_json.read_text()), ensure_ascii=False, separators=(",", ":")))
-        spec = {k: v for k, v in vars(self.spec).items() if k != "extra"}
-        (path / "cfg.json").write_text(json.dumps({**self.cfg, "spec": spec}, indent=2))
+        (path / "cfg.json").write_text(json.dumps({**self.cfg, "spec": asdict(self.spec)}, indent=2))
         save_weights(self.model.state_dict(), path / "model.safetensors", self.cfg["storage"])
 
     def from_disk(self, path, *, exclude=tuple()):

@@ -4,7 +4,7 @@ span representation). Sigmoid scores let a dataset that annotates only some type
 only those types (``label_mask``), and let decoding be flat or nested."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,7 +23,6 @@ class SpanModelSpec:
     dropout: float = 0.1
     window: int = 256
     stride: int = 128
-    extra: dict = field(default_factory=dict)
 
 
 def build_span_model(

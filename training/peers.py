@@ -75,7 +75,7 @@ class TokenClassifier:
         return cls(AutoModelForTokenClassification.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path), tags)
 
 
-def test_segments(recipe, count_pieces):
+def segment_test_records(recipe, count_pieces):
     """Test documents cut into the same sentence-packed segments used in training."""
     records = load_split(recipe["data"]["test"], recipe["data"].get("label_map"))
     return records, [make_segments(r, count_pieces, recipe["training"].get("segment_subwords", 200)) for r in records]
@@ -180,7 +180,7 @@ def compare(recipe_path, span=None, token_classifier=None, spacy_cnn=None, round
     if token_classifier:
         classifier = TokenClassifier.load(token_classifier)
         count = lambda w: len(classifier.tokenizer([w], is_split_into_words=True, add_special_tokens=False)["input_ids"])
-        _, segmented = test_segments(recipe, count)
+        _, segmented = segment_test_records(recipe, count)
         runners["token classifier (same encoder)"] = lambda: evaluate_token_classifier(classifier, records, segmented)
     if spacy_cnn:
         cnn = spacy.load(spacy_cnn)
