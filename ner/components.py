@@ -17,10 +17,14 @@ from spacy.scorer import Scorer
 from spacy.tokens import Doc, Span, SpanGroup
 from spacy.util import filter_spans, minibatch
 
+from ner.boundary_model import BoundaryModelSpec
 from ner.decoding import DECODERS
 from ner.encoders import WordEncoder, load_from_directory, load_pretrained
 from ner.extensions import install_extensions
 from ner.span_model import SpanModel, SpanModelSpec
+
+# The model architectures a saved component may name in its cfg.json.
+SPECS = {spec.architecture: spec for spec in (SpanModelSpec, BoundaryModelSpec)}
 from ner.weights import load_weights, save_weights
 
 DEFAULT_MODEL = """
@@ -41,6 +45,7 @@ stride = 128
     default_config={
         "model": {"@architectures": "ner_suite.SpanModel.v1"},
         "labels": [],
+        "active_labels": None,
         "threshold": 0.5,
         "spans_key": "ner",
         "decoding": "flat",
@@ -49,24 +54,26 @@ stride = 128
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
 )
-def make_span_ner(nlp, name, model: SpanModelSpec, labels: list[str], threshold: float,
-                  spans_key: str, decoding: str, batch_size: int, storage: str):
-    return SpanNER(nlp.vocab, model, name, labels=labels, threshold=threshold, spans_key=spans_key,
-                   decoding=decoding, batch_size=batch_size, storage=storage)
+def make_span_ner(nlp, name, model: SpanModelSpec | BoundaryModelSpec, labels: list[str], active_labels: list[str] | None,
+                  threshold: float, spans_key: str, decoding: str, batch_size: int, storage: str):
+    return SpanNER(nlp.vocab, model, name, labels=labels, active_labels=active_labels, threshold=threshold,
+                   spans_key=spans_key, decoding=decoding, batch_size=batch_size, storage=storage)
 
 
 class SpanNER(Pipe):
-    def __init__(self, vocab, spec: SpanModelSpec, name: str = "ner", *, labels=(), threshold=0.5,
-                 spans_key="ner", decoding="flat", batch_size=16, storage="fp32"):
+    def __init__(self, vocab, spec: SpanModelSpec | BoundaryModelSpec, name: str = "ner", *, labels=(), active_labels=None,
+                 threshold=0.5, spans_key="ner", decoding="flat", batch_size=16, storage="fp32"):
         if decoding not in DECODERS:
             raise ValueError(f"decoding must be one of {sorted(DECODERS)}, got {decoding!r}")
         install_extensions()
         self.vocab = vocab
         self.name = name
         self.spec = spec
-        self.cfg = {"labels": list(labels), "threshold": threshold, "spans_key": spans_key,
+        # active_labels: the labels predicted when a call names none (None: all of them);
+        # a pipeline trained on several label schemes predicts one scheme by default.
+        self.cfg = {"labels": list(labels), "active_labels": active_labels, "threshold": threshold, "spans_key": spans_key,
                     "decoding": decoding, "batch_size": batch_size, "storage": storage}
-        self.model: SpanModel | None = None
+        self.model = None  # built by initialize, set_model or from_disk
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -93,37 +100,38 @@ class SpanNER(Pipe):
 
     def set_model(self, transformer, tokenizer) -> None:
         encoder = WordEncoder(transformer, tokenizer, self.spec.window, self.spec.stride)
-        self.model = SpanModel(encoder, self.cfg["labels"], self.spec)
+        self.model = self.spec.build(encoder, self.cfg["labels"])
 
     def __call__(self, doc: Doc, **options) -> Doc:
         return next(iter(self.pipe([doc], **options)))
 
     def pipe(self, stream, *, batch_size: int | None = None, threshold: float | None = None,
-             decoding: str | None = None):
+             decoding: str | None = None, labels: list[str] | None = None):
         """Docs are buffered, sorted by length, run in batches of similar length, and
-        yielded in their input order."""
+        yielded in their input order. ``labels`` restricts the call to those labels."""
         self._require_model()
         batch_size = batch_size or self.cfg["batch_size"]
         for buffer in minibatch(stream, size=batch_size * 8):
             order = sorted(range(len(buffer)), key=lambda i: len(buffer[i]))
             for start in range(0, len(order), batch_size):
                 docs = [buffer[i] for i in order[start : start + batch_size]]
-                self.annotate(docs, threshold=threshold, decoding=decoding)
+                self.annotate(docs, threshold=threshold, decoding=decoding, labels=labels)
             yield from buffer
 
-    def annotate(self, docs: list[Doc], *, threshold=None, decoding=None) -> None:
+    def annotate(self, docs: list[Doc], *, threshold=None, decoding=None, labels=None) -> None:
         threshold = self.cfg["threshold"] if threshold is None else threshold
-        decode = DECODERS[decoding or self.cfg["decoding"]]
+        labels = labels if labels is not None else self.cfg.get("active_labels")
+        decoding = decoding or self.cfg["decoding"]
         tokens = [[t.i for t in doc if not t.is_space] for doc in docs]
         words = [[doc[i].text for i in index] for doc, index in zip(docs, tokens)]
         self.model.eval()
         with torch.inference_mode():
-            probs, n_windows = self.model.predict(words)
-        for doc, index, doc_probs, windows in zip(docs, tokens, probs, n_windows):
-            found = decode(doc_probs, self.model.labels, threshold) if index else []
-            self.set_annotations(doc, index, found, windows)
+            probs, n_windows, n_blocks = self.model.predict(words)
+        for doc, index, doc_probs, windows, blocks in zip(docs, tokens, probs, n_windows, n_blocks):
+            found = self.model.decode(doc_probs, threshold, decoding, labels) if index else []
+            self.set_annotations(doc, index, found, windows, blocks)
 
-    def set_annotations(self, doc: Doc, index: list[int], found, n_windows: int) -> None:
+    def set_annotations(self, doc: Doc, index: list[int], found, n_windows: int, n_blocks: int = 1) -> None:
         spans, scores = [], []
         for start, end, label, score in found:
             span = Span(doc, index[start], index[end - 1] + 1, label=label)
@@ -133,7 +141,9 @@ class SpanNER(Pipe):
         group = SpanGroup(doc, name=self.cfg["spans_key"], spans=spans, attrs={"scores": scores})
         doc.spans[self.cfg["spans_key"]] = group
         doc.ents = filter_spans(spans)
-        doc._.ner_windows = {"windows": n_windows, "window": self.spec.window, "stride": self.spec.stride}
+        # How the document was seen: subword windows (size, stride) inside word blocks.
+        doc._.ner_windows = {"windows": n_windows, "window": self.spec.window, "stride": self.spec.stride,
+                             "blocks": n_blocks, "block_words": self.spec.block_words}
 
     def score(self, examples, **kwargs):
         return Scorer.score_spans(examples, "ents", **kwargs)
@@ -148,7 +158,8 @@ class SpanNER(Pipe):
         tokenizer_json = path / "encoder" / "tokenizer.json"
         if tokenizer_json.exists():
             tokenizer_json.write_text(json.dumps(json.loads(tokenizer_json.read_text()), ensure_ascii=False, separators=(",", ":")))
-        (path / "cfg.json").write_text(json.dumps({**self.cfg, "spec": asdict(self.spec)}, indent=2))
+        (path / "cfg.json").write_text(json.dumps(
+            {**self.cfg, "architecture": self.spec.architecture, "spec": asdict(self.spec)}, indent=2))
         save_weights(self.model.state_dict(), path / "model.safetensors", self.cfg["storage"])
 
     def from_disk(self, path, *, exclude=tuple()):
@@ -160,7 +171,10 @@ class SpanNER(Pipe):
             saved = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"{cfg_path} is not valid JSON: {error}") from None
-        self.spec = SpanModelSpec(**saved.pop("spec"))
+        architecture = saved.pop("architecture", "span")
+        if architecture not in SPECS:
+            raise ValueError(f"{cfg_path}: unknown architecture {architecture!r}; known: {sorted(SPECS)}")
+        self.spec = SPECS[architecture](**saved.pop("spec"))
         self.cfg.update(saved)
         transformer, tokenizer = load_from_directory(path / "encoder")
         self.set_model(transformer, tokenizer)

@@ -42,3 +42,15 @@ def decode_nested(probs, labels, threshold=0.5):
 
 
 DECODERS = {"flat": decode_flat, "nested": decode_nested}
+
+
+def keep_labels(probs: np.ndarray, labels, allowed) -> np.ndarray:
+    """``probs`` with every label outside ``allowed`` scored zero (``allowed`` None: all).
+    Pipelines trained on several label schemes decode one scheme at a time this way."""
+    if allowed is None:
+        return probs
+    unknown = set(allowed) - set(labels)
+    if unknown:
+        raise ValueError(f"unknown labels {sorted(unknown)}; this pipeline has {list(labels)}")
+    mask = np.array([label in allowed for label in labels], dtype=probs.dtype)
+    return probs * mask

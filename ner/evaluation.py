@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import torch
 from spacy.tokens import Doc
 
 from ner.spans import Record, char_spans_to_word_spans
@@ -60,18 +61,28 @@ def record_to_doc(vocab, record: Record) -> Doc:
     return Doc(vocab, words=words, spaces=spaces)
 
 
-def predict_docs(nlp, docs, batch_size: int = 16):
+def predict_docs(nlp, docs, batch_size: int = 16, labels=None):
+    """Run pre-tokenised Docs through ``nlp.pipeline``; ``labels`` restricts the span
+    components to those labels."""
+    from ner.components import SpanNER
+
     for _, component in nlp.pipeline:
-        docs = component.pipe(docs, batch_size=batch_size) if hasattr(component, "pipe") else map(component, docs)
+        if isinstance(component, SpanNER):
+            docs = component.pipe(docs, batch_size=batch_size, labels=labels)
+        elif hasattr(component, "pipe"):
+            docs = component.pipe(docs, batch_size=batch_size)
+        else:
+            docs = map(component, docs)
     return docs
 
 
-def evaluate(nlp, records, *, batch_size: int = 16, progress=None) -> Scores:
-    """Run ``nlp`` over pre-tokenised records and score against their gold spans."""
+def evaluate(nlp, records, *, batch_size: int = 16, progress=None, labels=None) -> Scores:
+    """Run ``nlp`` over pre-tokenised records and score against their gold spans
+    (predicting only ``labels`` when given)."""
     records = list(records)
     docs = [record_to_doc(nlp.vocab, r) for r in records]
     scores = Scores()
-    predicted_docs = predict_docs(nlp, docs, batch_size)
+    predicted_docs = predict_docs(nlp, docs, batch_size, labels)
     if progress is not None:
         predicted_docs = progress(predicted_docs, total=len(docs))
     for record, doc in zip(records, predicted_docs):
@@ -82,20 +93,21 @@ def evaluate(nlp, records, *, batch_size: int = 16, progress=None) -> Scores:
 
 def threshold_scores(component, records, thresholds, *, batch_size: int = 8) -> dict[float, Scores]:
     """Scores of a span component at several decoding thresholds from a single prediction
-    pass over pre-tokenised records (for choosing the threshold on dev data)."""
-    from ner.decoding import DECODERS
-
-    decode = DECODERS[component.cfg["decoding"]]
+    pass over pre-tokenised records (for choosing the threshold on dev data). A record
+    whose ``labels`` are set (the types its dataset annotates) is decoded over those only."""
     scores = {t: Scores() for t in thresholds}
     records = sorted(records, key=lambda r: len(r.tokens))
     component.model.eval()
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        probs, _ = component.model.predict([r.words for r in chunk])
+        with torch.inference_mode():
+            probs, _, _ = component.model.predict([r.words for r in chunk])
         for record, doc_probs in zip(chunk, probs):
             gold = char_spans_to_word_spans(record.tokens, record.spans)
+            allowed = getattr(record, "labels", None)
             for t in thresholds:
-                scores[t].add(gold, [(s, e, l) for s, e, l, _ in decode(doc_probs, component.model.labels, t)])
+                found = component.model.decode(doc_probs, t, component.cfg["decoding"], allowed)
+                scores[t].add(gold, [(s, e, l) for s, e, l, _ in found])
     return scores
 
 

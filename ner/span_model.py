@@ -5,10 +5,13 @@ only those types (``label_mask``), and let decoding be flat or nested."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ner.blocks import predict_in_blocks
+from ner.decoding import DECODERS, keep_labels
 from ner.encoders import WordEncoder
 
 
@@ -17,12 +20,17 @@ class SpanModelSpec:
     """What ``ner_suite.SpanModel.v1`` in a config describes: everything but the labels
     and the weights, which come from training data or from a saved pipeline."""
 
+    architecture: ClassVar[str] = "span"
     encoder: str = "e5-small"
     max_width: int = 10
     hidden_size: int = 384
     dropout: float = 0.1
     window: int = 256
     stride: int = 128
+    block_words: int = 2048  # documents longer than this are scored in blocks (ner.blocks)
+
+    def build(self, encoder: WordEncoder, labels: list[str]) -> "SpanModel":
+        return SpanModel(encoder, labels, self)
 
 
 def build_span_model(
@@ -32,9 +40,10 @@ def build_span_model(
     dropout: float = 0.1,
     window: int = 256,
     stride: int = 128,
+    block_words: int = 2048,
 ) -> SpanModelSpec:
     """Registered as ``ner_suite.SpanModel.v1`` (entry point ``spacy_architectures``)."""
-    return SpanModelSpec(encoder, max_width, hidden_size, dropout, window, stride)
+    return SpanModelSpec(encoder, max_width, hidden_size, dropout, window, stride, block_words)
 
 
 class SpanHead(nn.Module):
@@ -89,12 +98,31 @@ class SpanModel(nn.Module):
         return logits, span_mask(encoded.mask, self.spec.max_width), encoded.n_windows
 
     @torch.no_grad()
-    def predict(self, batch: list[list[str]]):
+    def probabilities(self, batch: list[list[str]]):
         """Sigmoid probabilities as numpy arrays, one (n_words, max_width, n_labels) per
         sequence, and the number of windows each sequence needed."""
         logits, mask, n_windows = self(batch)
         probs = torch.sigmoid(logits.float()) * mask[..., None]
         return [probs[i, : len(words)].numpy() for i, words in enumerate(batch)], n_windows
+
+    @torch.no_grad()
+    def predict(self, batch: list[list[str]]):
+        """Like ``probabilities``, for sequences of any length: long ones are scored in
+        blocks whose margins cover the widest span. Also returns the blocks used."""
+        margin = max(self.spec.max_width, 64)
+        return predict_in_blocks(self.probabilities, batch, self.spec.block_words, margin)
+
+    def decode(self, probs, threshold: float, decoding: str = "flat", labels=None):
+        """[(start, end_exclusive, label, score)] of one sequence's probabilities."""
+        return DECODERS[decoding](keep_labels(probs, self.labels, labels), self.labels, threshold)
+
+    def loss(self, batch: list[list[str]], batch_spans, label_mask=None) -> torch.Tensor:
+        logits, mask, _ = self(batch)
+        targets = span_targets(batch_spans, logits.shape[1], self.spec.max_width, self.labels)
+        return span_loss(logits, targets, mask, label_mask)
+
+    def learnable(self, start: int, end: int) -> bool:
+        return end - start <= self.spec.max_width
 
 
 def span_targets(batch_spans, n_words: int, max_width: int, labels: list[str]):

@@ -21,6 +21,7 @@ class PipelineContract:
     decoding = "flat"
     storage = "fp32"
     steps = 120
+    model = {"@architectures": "ner_suite.SpanModel.v1", "max_width": 6}
 
     def build(self):
         words = [w for ws, _ in self.examples for w in ws]
@@ -28,8 +29,7 @@ class PipelineContract:
         nlp = spacy.blank(self.lang)
         ner = nlp.add_pipe("span_ner", name="ner", config={
             "labels": self.labels, "decoding": self.decoding, "storage": self.storage,
-            "model": {"@architectures": "ner_suite.SpanModel.v1", "encoder": "tiny", "max_width": 6,
-                      "hidden_size": 32, "window": 12, "stride": 6},
+            "model": {**self.model, "encoder": "tiny", "hidden_size": 32, "window": 12, "stride": 6},
         })
         ner.set_model(tiny_transformer(len(tokenizer)), tokenizer)
         return nlp, ner

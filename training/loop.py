@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from ner.encoders import load_pretrained
 from ner.evaluation import best_threshold, evaluate
-from ner.span_model import span_loss, span_targets
 from ner.training.batches import length_batches, make_segments
 
 
@@ -77,6 +76,7 @@ def build_pipeline(recipe: dict, train_records, dev_records):
                      "sources": [{"name": name} for name in recipe["data"]["train"]]})
     ner = nlp.add_pipe("span_ner", name="ner", config={
         "labels": pipeline["labels"],
+        "active_labels": pipeline.get("active_labels"),
         "threshold": pipeline.get("threshold", 0.5),
         "decoding": pipeline.get("decoding", "flat"),
         "storage": recipe.get("output", {}).get("storage", "fp32"),
@@ -99,12 +99,10 @@ def batch_loss(model, batch) -> torch.Tensor:
     """The span loss of one batch of Segments; a segment whose dataset annotates only
     some labels trains only those."""
     labels = model.labels
-    logits, mask, _ = model([s.words for s in batch])
-    targets = span_targets([s.spans for s in batch], logits.shape[1], model.spec.max_width, labels)
     label_mask = None
     if any(s.labels is not None for s in batch):
         label_mask = torch.tensor([[1.0 if s.labels is None or l in s.labels else 0.0 for l in labels] for s in batch])
-    return span_loss(logits, targets, mask, label_mask)
+    return model.loss([s.words for s in batch], [s.spans for s in batch], label_mask)
 
 
 def linear_schedule(optimizer, total_steps: int, warmup_steps: int):
@@ -148,9 +146,9 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
     labels = model.labels
     count = lambda w: len(model.encoder.word_pieces(w))
     segments = [s for r in train_records for s in make_segments(r, count, settings.get("segment_subwords", 200))]
-    too_wide = sum(1 for s in segments for a, b, _ in s.spans if b - a > model.spec.max_width)
+    unlearnable = sum(1 for s in segments for a, b, _ in s.spans if not model.learnable(a, b))
     log(f"{len(train_records)} train records → {len(segments)} segments; "
-        f"{too_wide} gold spans wider than max_width={model.spec.max_width} cannot be learnt")
+        f"{unlearnable} gold spans too long for the head cannot be learnt")
 
     epochs = epochs or settings.get("epochs", 3)
     rng = random.Random(seed)

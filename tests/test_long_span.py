@@ -1,0 +1,109 @@
+"""The long-span head (boundary scores) and word blocks: entities of any length, documents
+of any length with memory bounded by the block size, entities across block edges whole."""
+import numpy as np
+import pytest
+import spacy
+
+from ner.blocks import plan_blocks, predict_in_blocks
+from ner.boundary_model import END, INSIDE, START, boundary_targets, decode_boundaries
+
+from contract import PipelineContract
+
+
+class TestLongSpanContract(PipelineContract):
+    labels = ["award", "interest"]
+    model = {"@architectures": "ner_suite.BoundaryModel.v1", "max_length": 64}
+    steps = 150
+    examples = [
+        ("he received the Turing Award of the Association for Computing Machinery in Paris".split(),
+         [(3, 13, "award")]),
+        ("her research interests are machine learning and data mining and New York".split(),
+         [(4, 12, "interest")]),
+    ]
+
+
+class TestLongSpanNestedContract(TestLongSpanContract):
+    decoding = "nested"
+
+
+def probs_for(n_words, spans, labels=("A", "B")):
+    probs = np.zeros((n_words, 3, len(labels)), dtype=np.float32)
+    for start, end, label in spans:
+        j = labels.index(label)
+        probs[start, START, j] = probs[end - 1, END, j] = 0.9
+        probs[start:end, INSIDE, j] = 0.9
+    return probs
+
+
+def test_decodes_a_600_word_entity_and_a_one_word_one():
+    probs = probs_for(1000, [(100, 700, "A"), (800, 801, "B")])
+    found = decode_boundaries(probs, ["A", "B"], 0.5, max_length=1024)
+    assert [(s, e, l) for s, e, l, _ in found] == [(100, 700, "A"), (800, 801, "B")]
+    assert found[0][3] == pytest.approx(0.9, abs=1e-5)
+
+
+def test_a_break_in_the_inside_run_or_max_length_stops_a_span():
+    probs = probs_for(50, [(10, 30, "A")])
+    probs[20, INSIDE, 0] = 0.1
+    assert decode_boundaries(probs, ["A", "B"], 0.5) == []
+    assert decode_boundaries(probs_for(50, [(10, 30, "A")]), ["A", "B"], 0.5, max_length=19) == []
+
+
+def test_flat_keeps_the_better_of_overlapping_labels_nested_keeps_both():
+    probs = probs_for(20, [(2, 10, "A"), (4, 6, "B")])
+    probs[4, START, 1] = probs[5, END, 1] = 0.99
+    flat = decode_boundaries(probs, ["A", "B"], 0.5, decoding="flat")
+    nested = decode_boundaries(probs, ["A", "B"], 0.5, decoding="nested")
+    assert len(flat) == 1
+    assert sorted((s, e, l) for s, e, l, _ in nested) == [(2, 10, "A"), (4, 6, "B")]
+    assert [(s, e, l) for s, e, l, _ in decode_boundaries(probs, ["A", "B"], 0.5, allowed=["A"])] == [(2, 10, "A")]
+
+
+def test_targets_mark_start_end_and_inside():
+    target = boundary_targets([[(1, 4, "B")]], 6, ["A", "B"])
+    assert target[0, :, START, 1].tolist() == [0, 1, 0, 0, 0, 0]
+    assert target[0, :, END, 1].tolist() == [0, 0, 0, 1, 0, 0]
+    assert target[0, :, INSIDE, 1].tolist() == [0, 1, 1, 1, 0, 0]
+    assert target[..., 0].sum() == 0
+
+
+@pytest.mark.parametrize("n_words", [0, 5, 100, 101, 1000, 1234])
+def test_block_cores_tile_the_document(n_words):
+    blocks = plan_blocks(n_words, size=100, margin=10)
+    covered = [i for b in blocks for i in range(b.keep_start, b.keep_end)]
+    assert covered == list(range(n_words))
+    assert all(b.end - b.start <= 100 and b.start <= b.keep_start and b.keep_end <= b.end for b in blocks)
+    assert all(b.keep_start - b.start >= 10 or b.start == 0 for b in blocks)
+
+
+def test_blocks_stitch_per_word_scores_exactly_and_bound_each_pass():
+    passes = []
+
+    def probabilities(batch):  # a position-local "model": the score of a word is its number
+        passes.append(sum(len(w) for w in batch))
+        return [np.array([float(w) for w in words]).reshape(-1, 1) for words in batch], [1] * len(batch)
+
+    docs = [[str(i) for i in range(n)] for n in (5000, 3, 250)]
+    out, windows, blocks = predict_in_blocks(probabilities, docs, size=200, margin=20, words_per_pass=400)
+    for words, array in zip(docs, out):
+        assert array[:, 0].tolist() == [float(w) for w in words]
+    assert blocks == [len(plan_blocks(5000, 200, 20)), 1, 2]
+    assert max(passes) <= 400
+
+
+def test_a_500_word_entity_across_many_blocks_is_decoded_whole():
+    def probabilities(batch):  # a word-local "model": "<" starts, ">" ends, "x" is inside
+        out = []
+        for words in batch:
+            probs = np.zeros((len(words), 3, 1), dtype=np.float32)
+            probs[:, START, 0] = [w == "<" for w in words]
+            probs[:, END, 0] = [w == ">" for w in words]
+            probs[:, INSIDE, 0] = [w in "<x>" for w in words]
+            out.append(probs)
+        return out, [1] * len(batch)
+
+    words = ["o"] * 3000 + ["<"] + ["x"] * 498 + [">"] + ["o"] * 10
+    stitched, _, blocks = predict_in_blocks(probabilities, [words], size=300, margin=20)
+    assert blocks[0] > 10  # no block holds the entity: only the stitched array does
+    found = decode_boundaries(stitched[0], ["E"], 0.5)
+    assert [(s, e) for s, e, _, _ in found] == [(3000, 3500)]
