@@ -8,6 +8,7 @@ and under what licence. The files themselves stay in the read-only shared data f
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import tomllib
 from functools import lru_cache
@@ -60,6 +61,8 @@ def dataset_info(name: str) -> dict:
     if key is not None:
         placeholder = next(p for p, k in _PLACEHOLDERS.items() if k == key)
         entry["splits"] = {split: path.replace(placeholder, variant) for split, path in entry["splits"].items()}
+        if variant in entry.get("labels_by_variant", {}):
+            entry["labels"] = entry["labels_by_variant"][variant]
     return entry
 
 
@@ -87,6 +90,8 @@ def split_path(name: str, split: str, *, data_root=None) -> Path:
     """The file (or folder) holding one split of a dataset."""
     entry = dataset_info(name)
     split = _SPLIT_ALIASES.get(split, split)
+    if split in _carved_splits(entry):
+        split = entry["carve"]["from"]
     if split not in entry["splits"]:
         why = "missing from this copy" if split in entry.get("missing", []) else "not a split"
         raise ValueError(f"{name!r} has no {split!r} split ({why}); available: {sorted(entry['splits'])}")
@@ -102,8 +107,29 @@ def load_dataset(name: str, split: str, *, data_root=None, map_labels: bool = Fa
     entry = dataset_info(name)
     path = split_path(name, split, data_root=data_root)
     records = read_records(path, entry["format"], **entry.get("options", {}))
+    split = _SPLIT_ALIASES.get(split, split)
+    if split in _carved_splits(entry):
+        records = _carve(records, entry["carve"], split)
     label_map = entry.get("label_map", {}) if map_labels else {}
     return (_rename_labels(record, label_map) for record in records) if label_map else records
+
+
+def _carved_splits(entry: dict) -> set[str]:
+    """Splits the manifest carves out of another one (``carve``), e.g. a fixed dev/test of
+    a dataset that ships only training documents."""
+    carve = entry.get("carve")
+    return {"train", "dev", "test"} & ({*carve} | {carve["rest"]}) if carve else set()
+
+
+def _carve(records, carve: dict, split: str):
+    """The records of a carved split: each record falls in bucket sha1(id or its index) mod
+    ``buckets``; a split lists its buckets and ``rest`` takes the buckets no split lists."""
+    listed = {b for name in ("train", "dev", "test") for b in carve.get(name, [])}
+    wanted = set(carve.get(split, [])) if split != carve["rest"] else set(range(carve["buckets"])) - listed
+    for index, record in enumerate(records):
+        key = record.id if record.id is not None else str(index)
+        if int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16) % carve["buckets"] in wanted:
+            yield record
 
 
 def _rename_labels(record: Record, label_map: dict[str, str]) -> Record:

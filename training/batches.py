@@ -34,14 +34,35 @@ def sentence_word_ranges(record: Record) -> list[tuple[int, int]]:
     return ranges
 
 
+def safe_cuts(n_words: int, spans, pieces: list[int], budget: int) -> list[tuple[int, int]]:
+    """Word ranges of about ``budget`` subwords each, cut only where no gold entity
+    crosses, so a document with no sentence boundaries (long web pages) still trains in
+    pieces and no entity is cut in two."""
+    crossing = [0] * (n_words + 1)
+    for start, end, _ in spans:
+        for i in range(start + 1, end):
+            crossing[i] = 1
+    ranges, start, size = [], 0, 0
+    for i in range(n_words):
+        if size >= budget and not crossing[i]:
+            ranges.append((start, i))
+            start, size = i, 0
+        size += pieces[i]
+    if start < n_words:
+        ranges.append((start, n_words))
+    return ranges
+
+
 def make_segments(record: Record, count_pieces, budget: int) -> list[Segment]:
     """Pack whole sentences into segments of at most ``budget`` subwords; a sentence
-    longer than the budget becomes a segment of its own (the encoder windows it)."""
+    longer than the budget becomes a segment of its own (the encoder windows it). A
+    record without sentences is cut where no entity crosses."""
     words = record.words
     spans = char_spans_to_word_spans(record.tokens, record.spans)
     pieces = [count_pieces(w) for w in words]
     segments, current, size = [], None, 0
-    for start, end in sentence_word_ranges(record):
+    ranges = sentence_word_ranges(record) if record.sentences else safe_cuts(len(words), spans, pieces, budget)
+    for start, end in ranges:
         cost = sum(pieces[start:end])
         if current is not None and size + cost <= budget:
             current = (current[0], end)

@@ -36,10 +36,11 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
 
     records = []
     for name in names:
-        dataset, split = name.split(":")
+        dataset, split, *cap = name.split(":")  # "dataset:split" or "dataset:split:N" (first N)
+        cap = int(cap[0]) if cap else None
         annotated = [label_map.get(l, l) for l in dataset_info(dataset)["labels"]] if label_map else dataset_info(dataset)["labels"]
         for i, record in enumerate(load_dataset(dataset, split)):
-            if limit is not None and i >= limit:
+            if (limit is not None and i >= limit) or (cap is not None and i >= cap):
                 break
             if label_map:
                 record.spans = [type(s)(s.start, s.end, label_map.get(s.label, s.label)) for s in record.spans]
