@@ -18,6 +18,7 @@ class Scores:
     true_positives: Counter = field(default_factory=Counter)
     predicted: Counter = field(default_factory=Counter)
     gold: Counter = field(default_factory=Counter)
+    by_length: dict = field(default_factory=dict)  # bucket name → Scores, when asked for
 
     def add(self, gold_spans, predicted_spans) -> None:
         gold_set, predicted_set = set(gold_spans), set(predicted_spans)
@@ -76,9 +77,27 @@ def predict_docs(nlp, docs, batch_size: int = 16, labels=None):
     return docs
 
 
-def evaluate(nlp, records, *, batch_size: int = 16, progress=None, labels=None) -> Scores:
+LENGTH_BUCKETS = ((1, 3), (4, 12), (13, 50), (51, None))
+
+
+def bucket_name(bucket) -> str:
+    low, high = bucket
+    return f"{low}-{high}" if high is not None else f">{low - 1}"
+
+
+def add_by_length(scores: Scores, gold, predicted, buckets=LENGTH_BUCKETS) -> None:
+    """Score gold and predicted spans again within each entity-length bucket (in words):
+    recall counts the bucket's gold spans, precision its predicted spans."""
+    for bucket in buckets:
+        low, high = bucket
+        inside = lambda span: low <= span[1] - span[0] and (high is None or span[1] - span[0] <= high)
+        scores.by_length.setdefault(bucket_name(bucket), Scores()).add(
+            [s for s in gold if inside(s)], [s for s in predicted if inside(s)])
+
+
+def evaluate(nlp, records, *, batch_size: int = 16, progress=None, labels=None, by_length=False) -> Scores:
     """Run ``nlp`` over pre-tokenised records and score against their gold spans
-    (predicting only ``labels`` when given)."""
+    (predicting only ``labels`` when given; also per entity-length bucket if asked)."""
     records = list(records)
     docs = [record_to_doc(nlp.vocab, r) for r in records]
     scores = Scores()
@@ -87,7 +106,10 @@ def evaluate(nlp, records, *, batch_size: int = 16, progress=None, labels=None) 
         predicted_docs = progress(predicted_docs, total=len(docs))
     for record, doc in zip(records, predicted_docs):
         gold = char_spans_to_word_spans(record.tokens, record.spans)
-        scores.add(gold, [(e.start, e.end, e.label_) for e in doc.ents])
+        predicted = [(e.start, e.end, e.label_) for e in doc.ents]
+        scores.add(gold, predicted)
+        if by_length:
+            add_by_length(scores, gold, predicted)
     return scores
 
 
