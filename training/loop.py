@@ -44,7 +44,7 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
                 break
             if label_map:
                 record.spans = [type(s)(s.start, s.end, label_map.get(s.label, s.label)) for s in record.spans]
-            record.labels = annotated if len(names) > 1 else None
+            record.labels = annotated  # the types its dataset annotates: loss masking, decoding
             records.append(record)
     return records
 
@@ -174,7 +174,7 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
             running += optimizer_step(model, optimizer, schedule, batch_loss(model, batch))
             bar.set_postfix(loss=f"{running / step:.4f}")
         if settings.get("tune_threshold", True):
-            threshold, dev_scores = best_threshold(ner, dev_records)
+            threshold, dev_scores = best_threshold(ner, dev_records, thresholds=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
             ner.cfg["threshold"] = threshold
         else:
             threshold, dev_scores = ner.cfg["threshold"], evaluate(nlp, dev_records)

@@ -1,0 +1,48 @@
+"""Shrink a trained pipeline's vocabulary after training, to fit the 30 MB budget: keep the
+pieces the recipe's train and dev words use plus the ``extra`` most probable Latin-script
+pieces (fewer than the recipe kept while training), slice the embedding table, re-export.
+
+    python -m ner.training.shrink training/tweets.toml runs/tweets pipelines/tweets --extra-pieces 2000
+
+Only the embedding rows of dropped pieces go; every other weight is unchanged. Words made
+of kept pieces tokenise as before; the model card's scores are measured after shrinking.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe")
+    parser.add_argument("pipeline")
+    parser.add_argument("output")
+    parser.add_argument("--extra-pieces", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    import ner
+    from ner.e5_converter import trim_vocabulary
+    from ner.training.loop import export_pipeline, load_split, read_recipe, vocabulary_pieces
+
+    recipe = read_recipe(args.recipe)
+    label_map = recipe["data"].get("label_map")
+    records = load_split(recipe["data"]["train"], label_map) + load_split(recipe["data"]["dev"], label_map)
+    nlp = ner.load(args.pipeline)
+    for _, component in nlp.pipeline:
+        encoder = getattr(getattr(component, "model", None), "encoder", None)
+        if encoder is None:
+            continue
+        keep = vocabulary_pieces(encoder.tokenizer, records, args.extra_pieces)
+        before = len(encoder.tokenizer)
+        transformer, tokenizer = trim_vocabulary(encoder.transformer, encoder.tokenizer, keep)
+        head = component.model.head
+        component.set_model(transformer, tokenizer)
+        component.model.head = head
+        print(f"{component.name}: {before} → {len(tokenizer)} pieces")
+    export_pipeline(nlp, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
