@@ -53,3 +53,27 @@ def test_en_on_pretokenised_doc(en):
     for _, component in en.pipeline:
         doc = component(doc)
     assert ("Barack Obama", "PER") in entities(doc) and ("Paris", "LOC") in entities(doc)
+
+
+@pytest.fixture(scope="module")
+def tweets():
+    return ner.load("tweets")
+
+
+def test_every_shipped_pipeline_is_under_30_mb_in_safetensors():
+    for name in shipped_pipelines():
+        files = [p for p in (PIPELINES / name).rglob("*") if p.is_file()]
+        assert sum(p.stat().st_size for p in files) < 30_000_000, name
+        assert not [p for p in files if p.suffix in (".pt", ".pth", ".pkl", ".pickle") or p.name == "pytorch_model.bin"], name
+
+
+def test_tweets_keeps_hashtags_mentions_urls_emoji_and_finds_wnut_types(tweets):
+    doc = tweets("@elonmusk just landed in Berlin with #SpaceX, 🚀 https://t.co/xYz123 Taylor Swift concert tonight")
+    words = [t.text for t in doc]
+    assert {"@elonmusk", "#SpaceX", "🚀", "https://t.co/xYz123"} <= set(words)
+    assert ("Berlin", "location") in entities(doc) and ("Taylor Swift", "person") in entities(doc)
+
+
+def test_tweets_predicts_tweebank_types_when_asked(tweets):
+    doc = tweets("Taylor Swift played in London last night", component_cfg={"ner": {"labels": ["PER", "ORG", "LOC", "MISC"]}})
+    assert entities(doc) == [("Taylor Swift", "PER"), ("London", "LOC")]

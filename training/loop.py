@@ -72,6 +72,11 @@ def vocabulary_pieces(tokenizer, records, extra: int = 0) -> list[int]:
 def build_pipeline(recipe: dict, train_records, dev_records):
     pipeline, model, encoder = recipe["pipeline"], recipe["model"], recipe["encoder"]
     nlp = spacy.blank(pipeline.get("lang", "xx"))
+    if pipeline.get("attached_prefixes"):  # e.g. "#": #hashtags stay one word, as in tweet data
+        from spacy.util import compile_prefix_regex
+
+        prefixes = [p for p in nlp.Defaults.prefixes if p not in pipeline["attached_prefixes"]]
+        nlp.tokenizer.prefix_search = compile_prefix_regex(prefixes).search
     nlp.meta.update({"name": pipeline["name"], "version": pipeline.get("version", "0.1.0"),
                      "description": pipeline.get("description", ""), "license": pipeline.get("license", ""),
                      "sources": [{"name": name} for name in recipe["data"]["train"]]})
@@ -127,6 +132,7 @@ def export_pipeline(nlp, path) -> None:
     evaluation added to the vocabulary are not shipped."""
     fresh = type(nlp).from_config(nlp.config)
     fresh.meta.update(nlp.meta)
+    fresh.tokenizer.from_bytes(nlp.tokenizer.to_bytes(exclude=["vocab"]), exclude=["vocab"])
     for name, component in nlp.pipeline:
         copy = fresh.get_pipe(name)
         copy.cfg, copy.spec, copy.model = dict(component.cfg), component.spec, component.model
