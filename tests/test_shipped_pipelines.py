@@ -77,3 +77,12 @@ def test_tweets_keeps_hashtags_mentions_urls_emoji_and_finds_wnut_types(tweets):
 def test_tweets_predicts_tweebank_types_when_asked(tweets):
     doc = tweets("Taylor Swift played in London last night", component_cfg={"ner": {"labels": ["PER", "ORG", "LOC", "MISC"]}})
     assert entities(doc) == [("Taylor Swift", "PER"), ("London", "LOC")]
+
+
+def test_en_finds_the_entity_at_the_end_of_a_document_longer_than_a_block(en):
+    filler = ("the committee said on Monday that the talks would resume next week . " * 230).split()
+    doc = Doc(en.vocab, words=filler + "Angela Merkel visited Paris .".split())
+    for _, component in en.pipeline:
+        doc = component(doc)
+    assert len(doc) > en.get_pipe("ner").spec.block_words and doc._.ner_windows["blocks"] >= 2
+    assert entities(doc)[-2:] == [("Angela Merkel", "PER"), ("Paris", "LOC")]
