@@ -9,12 +9,12 @@ import spacy
 from ner.cli import main
 from ner.readers import read_conll, read_docbin
 
-from test_span_ner import TestEnglishContract
+import test_span_ner
 
 
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory):
-    contract = TestEnglishContract()
+    contract = test_span_ner.TestEnglishContract()
     nlp, ner = contract.build()
     contract.overfit(ner)
     path = tmp_path_factory.mktemp("pipeline") / "tiny"
