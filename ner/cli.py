@@ -1,15 +1,30 @@
-"""The ``ner`` command: train, evaluate and tag."""
+"""The ``ner`` command: tag, train, evaluate, and the commands other parts of the suite own.
+
+A command that lives elsewhere (the demo in ``app/``, distillation in ``data/``, ...) is a
+module with ``add_arguments(parser)`` and ``run(args) -> int``; ``PLUGGED`` names it.
+Those modules import their heavy dependencies inside ``run`` so ``ner --help`` stays fast.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+PLUGGED = {
+    "distill": ("ner.distill.command", "annotate raw text with an LLM teacher"),
+    "demo": ("ner.app.command", "start the Streamlit annotation demo (127.0.0.1 unless told)"),
+    "bench": ("ner.benchmark", "words/s of a pipeline on each inference backend, side by side"),
+    "export": ("ner.onnx_export", "export a pipeline's model to ONNX"),
+}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="ner", description="Named-entity recognition pipelines for spaCy.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    tag = commands.add_parser("tag", help="tag a file (or stdin) with a pipeline")
+    tag = commands.add_parser("tag", help="tag a file (or stdin) with a pipeline",
+                              description="Tag a file (or stdin) with a pipeline. Every input record is either "
+                                          "tagged or rejected with its line number and the reason; see docs/batch-tagging.md.")
     tag.add_argument("input", nargs="?", default="-", help="input file; - or nothing reads stdin")
     tag.add_argument("-o", "--output", default="-", help="output file; - or nothing writes stdout")
     tag.add_argument("--pipeline", default="en", help="shipped pipeline name or directory")
@@ -17,6 +32,21 @@ def main(argv=None) -> int:
     tag.add_argument("--output-format", choices=["jsonl", "conll", "docbin"], default=None)
     tag.add_argument("--text-field", default="text")
     tag.add_argument("--batch-size", type=int, default=16)
+    tag.add_argument("--errors", metavar="FILE", default=None,
+                     help="write every rejected record here as JSON lines (line, reason, record); default: stderr")
+    tag.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run from its OUTPUT.progress.json")
+    tag.add_argument("--n-process", type=int, default=1, metavar="N",
+                     help="local worker processes, one torch thread each (default 1)")
+    tag.add_argument("--max-chars", type=int, default=1_000_000, metavar="N",
+                     help="reject a record longer than N characters (0: no cap; default 1,000,000)")
+    tag.add_argument("--max-token-chars", type=int, default=1_000, metavar="N",
+                     help="reject a record holding a whitespace-free run longer than N characters (0: no cap; default 1,000)")
+    tag.add_argument("--engine", choices=["local", "ray"], default="local",
+                     help="local (this machine) or ray (Ray Data; a local Ray cluster unless --address)")
+    tag.add_argument("--address", default=None, help="Ray cluster address, e.g. ray://head:10001 (--engine ray)")
+    tag.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="Ray actors, each loading the pipeline once (--engine ray; default: the cluster's CPUs)")
 
     train = commands.add_parser("train", help="train a pipeline from a recipe in training/")
     train.add_argument("recipe")
@@ -31,36 +61,59 @@ def main(argv=None) -> int:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--limit", type=int, default=None)
     evaluate.add_argument("--json", dest="json_path", default=None, help="also write the scores as JSON")
+    evaluate.add_argument("--labels", default=None,
+                          help="comma-separated labels to predict (default: the dataset's own, when DATA names one)")
+
+    plugged = {}
+    for name, (module_name, help_text) in PLUGGED.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if not error.name or not module_name.startswith(error.name):
+                raise
+            continue  # that part of the suite is not in this checkout
+        module.add_arguments(commands.add_parser(name, help=help_text))
+        plugged[name] = module.run
 
     args = parser.parse_args(argv)
-    return {"tag": run_tag, "train": run_train, "evaluate": run_evaluate}[args.command](args)
+    builtin = {"tag": run_tag, "train": run_train, "evaluate": run_evaluate}
+    return (builtin.get(args.command) or plugged[args.command])(args)
 
 
 def run_tag(args) -> int:
-    import ner
-    from ner.readers import read_records
-    from ner.tagging import tag_records
-    from ner.writers import write_records
+    from ner.spans import FormatError
+    from ner.tag_job import JobError, Limits, TagJob, run_local
+    from ner.tagging import WorkerDied
 
     input_format = args.input_format or _format_from_name(args.input, "txt")
     output_format = args.output_format or _format_from_name(args.output, "jsonl")
     if output_format == "docbin" and args.output == "-":
         print("ner tag: --output-format docbin needs -o FILE", file=sys.stderr)
         return 2
-    nlp = ner.load(args.pipeline)
-    source = sys.stdin if args.input == "-" else args.input
-    # Tags in a CoNLL input are ignored; the widest scheme accepts them all, and needs no
-    # detection pass (stdin can be read once only).
-    options = {"jsonl": {"text_field": args.text_field}, "conll": {"scheme": "BIOES"}}.get(input_format, {})
-    records = read_records(source, format=input_format, **options)
-    tagged = tag_records(nlp, records, batch_size=args.batch_size)
-    if sys.stderr.isatty():
-        from tqdm import tqdm
+    for option in ("batch_size", "n_process", "workers"):
+        if getattr(args, option) is not None and getattr(args, option) < 1:
+            print(f"ner tag: --{option.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    job = TagJob(input=args.input, output=args.output, errors=args.errors, pipeline=args.pipeline,
+                 input_format=input_format, output_format=output_format, text_field=args.text_field,
+                 batch_size=args.batch_size, n_process=args.n_process, resume=args.resume,
+                 limits=Limits(max_chars=args.max_chars, max_token_chars=args.max_token_chars))
+    try:
+        if args.engine == "ray":
+            from ner.ray_tagging import run_on_ray
 
-        tagged = tqdm(tagged, unit="doc", desc="tagging")
-    destination = sys.stdout if args.output == "-" else args.output
-    write_records(tagged, destination, format=output_format,
-                  **({"nlp_or_vocab": nlp} if output_format == "docbin" else {}))
+            summary = run_on_ray(job, address=args.address, workers=args.workers)
+        elif sys.stderr.isatty():
+            from tqdm import tqdm
+
+            with tqdm(unit="doc", desc="tagging") as bar:
+                summary = run_local(job, progress_bar=bar)
+        else:
+            summary = run_local(job)
+    except (JobError, FormatError, WorkerDied) as error:
+        print(f"ner tag: {error}", file=sys.stderr)
+        return 2
+    print(summary.line(), file=sys.stderr)
     return 0
 
 
@@ -90,8 +143,9 @@ def run_evaluate(args) -> int:
 
     nlp = ner.load(args.pipeline)
     records = _evaluation_records(args)
+    labels = _evaluation_labels(nlp, args)
     started = time.perf_counter()
-    scores = evaluate(nlp, records, batch_size=args.batch_size,
+    scores = evaluate(nlp, records, batch_size=args.batch_size, labels=labels,
                       progress=lambda it, total: tqdm(it, total=total, unit="doc", mininterval=5, file=sys.stderr))
     seconds = time.perf_counter() - started
     n_words = sum(len(r.tokens) for r in records)
@@ -102,6 +156,23 @@ def run_evaluate(args) -> int:
             json.dump({"micro": scores.micro, "per_label": scores.per_label, "words": n_words,
                        "seconds": seconds, "pipeline": args.pipeline, "data": args.data}, handle, indent=2)
     return 0
+
+
+def _evaluation_labels(nlp, args):
+    """The labels to predict: --labels, else the dataset's own when the pipeline knows them
+    all (a pipeline trained on several label schemes is scored on the dataset's scheme)."""
+    if args.labels:
+        return [label.strip() for label in args.labels.split(",") if label.strip()]
+    from pathlib import Path
+
+    if ":" not in args.data or Path(args.data).exists():
+        return None
+    from ner.components import SpanNER
+    from ner.datasets import dataset_info
+
+    known = {l for _, c in nlp.pipeline if isinstance(c, SpanNER) for l in c.labels}
+    labels = list(dataset_info(args.data.split(":")[0])["labels"])
+    return labels if known and set(labels) <= known else None
 
 
 def _evaluation_records(args):

@@ -137,6 +137,9 @@ def export_pipeline(nlp, path) -> None:
         copy = fresh.get_pipe(name)
         copy.cfg, copy.spec, copy.model = dict(component.cfg), component.spec, component.model
     fresh.to_disk(path)
+    from ner.loading import write_checksums
+
+    write_checksums(path)
 
 
 def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> dict:

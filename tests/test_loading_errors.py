@@ -1,0 +1,108 @@
+"""A damaged pipeline directory is a clear error naming the file, never a stack trace
+from deep inside torch, tokenizers or msgpack; checksums catch what loads silently."""
+import shutil
+
+import pytest
+import spacy
+
+import ner
+from ner.cli import main
+from ner.loading import CHECKSUMS, PipelineError, pipeline_path, verify_checksums, write_checksums
+
+from test_span_ner import TestEnglishContract as EnglishContract  # renamed: not collected here
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    nlp, _ = EnglishContract().build()
+    path = tmp_path_factory.mktemp("pipeline") / "tiny"
+    nlp.to_disk(path)
+    return path
+
+
+@pytest.fixture
+def copy(saved, tmp_path):
+    path = tmp_path / "copy"
+    shutil.copytree(saved, path)
+    return path
+
+
+def truncate(path, keep=100):
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_checksums_list_every_file_and_verify(copy):
+    listing = write_checksums(copy)
+    names = [line.split("  ", 1)[1] for line in listing.read_text().splitlines()]
+    assert "ner/model.safetensors" in names and "ner/encoder/tokenizer.json" in names and "config.cfg" in names
+    assert CHECKSUMS not in names
+    assert verify_checksums(copy)
+    assert ner.load(copy).pipe_names == ["ner"]
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("ner/model.safetensors", flip_last_byte, "ner/model.safetensors is damaged or was changed"),
+    ("ner/encoder/tokenizer.json", truncate, "ner/encoder/tokenizer.json is damaged or was changed"),
+    ("ner/encoder/config.json", lambda p: p.unlink(), "ner/encoder/config.json is missing (listed in checksums.sha256)"),
+])
+def test_a_checksum_mismatch_names_the_file(copy, name, damage, message):
+    write_checksums(copy)
+    damage(copy / name)
+    with pytest.raises(PipelineError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+        ner.load(copy)
+    assert not [entry for entry in error.traceback if "site-packages" in str(entry.path)]  # nothing from deep inside
+
+
+def test_a_flipped_weight_byte_loads_silently_without_checksums(copy):
+    """Why checksums: the safetensors header is intact, so only a checksum sees it."""
+    flip_last_byte(copy / "ner" / "model.safetensors")
+    ner.load(copy)
+
+
+@pytest.mark.parametrize("name, damage, message", [
+    ("ner/model.safetensors", lambda p: truncate(p, 1000), "ner/model.safetensors"),
+    ("ner/encoder/tokenizer.json", truncate, "ner/encoder/tokenizer.json is not valid JSON"),
+    ("ner/encoder/tokenizer.json", lambda p: p.unlink(), "ner/encoder/tokenizer.json is missing"),
+    ("ner/encoder/config.json", truncate, "ner/encoder/config.json is not valid JSON"),
+    ("ner/encoder/config.json", lambda p: p.unlink(), "ner/encoder/config.json is missing"),
+    ("ner/cfg.json", lambda p: p.write_text("{"), "ner/cfg.json"),
+    ("config.cfg", lambda p: truncate(p, 300), "config.cfg cannot be parsed"),
+    ("meta.json", truncate, "meta.json is not valid JSON"),
+    ("meta.json", lambda p: p.unlink(), "meta.json is missing"),
+    ("tokenizer", truncate, "tokenizer is damaged"),
+    ("vocab/strings.json", lambda p: truncate(p, 3), "vocab/strings.json is not valid JSON"),
+])
+def test_damage_without_checksums_names_the_file(copy, name, damage, message):
+    damage(copy / name)
+    with pytest.raises(PipelineError, match=message) as error:
+        ner.load(copy)
+    assert str(copy) in str(error.value)
+    assert not [entry for entry in error.traceback if "site-packages" in str(entry.path)]
+    assert error.value.__suppress_context__  # the loader's own exception is not chained on
+
+
+def test_ner_tag_on_a_damaged_pipeline_fails_before_reading_input(copy, tmp_path):
+    write_checksums(copy)
+    flip_last_byte(copy / "ner" / "model.safetensors")
+    source = tmp_path / "in.txt"
+    source.write_text("Paris .\n")
+    with pytest.raises(PipelineError, match="ner/model.safetensors is damaged"):
+        main(["tag", str(source), "-o", str(tmp_path / "out.jsonl"), "--pipeline", str(copy)])
+    assert not (tmp_path / "out.jsonl.partial").exists()
+
+
+def test_the_shipped_en_pipeline_carries_checksums_that_hold():
+    assert verify_checksums(pipeline_path("en"))
+
+
+def test_a_spacy_pipeline_without_a_config_is_named(tmp_path):
+    spacy.blank("en").to_disk(tmp_path / "p")
+    (tmp_path / "p" / "config.cfg").unlink()
+    with pytest.raises(PipelineError, match="config.cfg is missing"):
+        ner.load(tmp_path / "p")
