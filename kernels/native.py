@@ -1,0 +1,147 @@
+"""The C kernels behind the same interface as the reference (``ReferenceKernels``).
+
+Tensors are handed to C by address: every call makes its inputs contiguous fp32 (or
+int8/int32) CPU tensors first and allocates its outputs here, so C never owns memory.
+Tensors on another device go to the reference.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from ner.kernels.block_sparse import BlockSparseWeight
+from ner.kernels.build import load_library
+from ner.kernels.reference import QuantizedRows, ReferenceKernels
+
+_EPILOGUE_CODES = {"none": 0, "gelu": 1, "residual": 2}
+# Below this many rows the fused quantised-output kernel would leave threads idle (it
+# splits work by chunks of 48 rows only); the two-step path is used instead.
+FUSED_QUANTIZE_MIN_ROWS = 192
+
+
+def _address(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+class _Matrix(ctypes.Structure):
+    """``nk_matrix`` in csrc/ner_kernels.c."""
+
+    _fields_ = [("n_out", ctypes.c_int32), ("n_in", ctypes.c_int32), ("block_k", ctypes.c_int32),
+                ("is_int8", ctypes.c_int32), ("row_ptr", ctypes.c_void_p), ("col_block", ctypes.c_void_p),
+                ("values", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("offset_sum", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p)]
+
+
+class NativeKernels(ReferenceKernels):
+    name = "native"
+
+    def __init__(self, library):
+        super().__init__(activation_levels=library.nk_activation_levels())
+        self.library = library
+        self.capabilities = library.nk_capabilities()
+
+    def linear(self, x, weight: BlockSparseWeight, *, epilogue="none", residual=None, quantize_output=False):
+        quantized_input = isinstance(x, QuantizedRows)
+        device = (x.integers if quantized_input else x).device
+        if device.type != "cpu" or (quantized_input and x.levels != self.activation_levels):
+            return super().linear(x, weight, epilogue=epilogue, residual=residual, quantize_output=quantize_output)
+        n_rows = x.integers.shape[0] if quantized_input else x.shape[0]
+        if residual is not None:
+            residual = residual.contiguous().float()
+        common = (weight.row_ptr.data_ptr(), weight.col_block.data_ptr(), weight.values.data_ptr())
+        if weight.dtype != "int8":
+            if quantized_input:
+                raise ValueError("quantised rows go to int8 layers only")
+            x = x.contiguous().float()
+            y = torch.empty(n_rows, weight.n_out, dtype=torch.float32)
+            if n_rows:
+                self.library.nk_linear_f32(x.data_ptr(), n_rows, weight.n_in, weight.n_out, weight.block_k, *common,
+                                           _address(weight.bias), _address(residual), _EPILOGUE_CODES[epilogue],
+                                           y.data_ptr())
+            return self.quantize(y) if quantize_output else y
+        q = x if quantized_input else self.quantize(x)
+        offset_sum = self._offset_sum(weight)  # held here: C reads it through its address
+        int8_weight = (*common, weight.scale.data_ptr(), offset_sum.data_ptr(), _address(weight.bias))
+        if quantize_output and residual is None and n_rows >= FUSED_QUANTIZE_MIN_ROWS:
+            out = QuantizedRows(torch.empty(n_rows, weight.n_out, dtype=torch.uint8), torch.empty(n_rows),
+                                self.activation_levels)
+            status = self.library.nk_linear_i8_quantized(
+                q.integers.data_ptr(), q.scale.data_ptr(), n_rows, weight.n_in, weight.n_out, weight.block_k,
+                *int8_weight, _EPILOGUE_CODES[epilogue], self.activation_levels, out.integers.data_ptr(),
+                out.scale.data_ptr())
+            if status == 0:
+                return out
+        y = torch.empty(n_rows, weight.n_out, dtype=torch.float32)
+        if n_rows:
+            self.library.nk_linear_i8(q.integers.data_ptr(), q.scale.data_ptr(), n_rows, weight.n_in, weight.n_out,
+                                      weight.block_k, *int8_weight, _address(residual), _EPILOGUE_CODES[epilogue],
+                                      y.data_ptr())
+        return self.quantize(y) if quantize_output else y
+
+    def quantize(self, x: torch.Tensor) -> QuantizedRows:
+        """Per-row int8 for the int8 kernels (see ``reference.quantize_rows``)."""
+        if x.device.type != "cpu":
+            return QuantizedRows.from_float(x, self.activation_levels)
+        x = x.contiguous().float()
+        out = QuantizedRows(torch.empty(x.shape, dtype=torch.uint8), torch.empty(x.shape[0]), self.activation_levels)
+        if x.shape[0]:
+            self.library.nk_quantize_rows(x.data_ptr(), x.shape[0], x.shape[1], self.activation_levels,
+                                          out.integers.data_ptr(), out.scale.data_ptr())
+        return out
+
+    def layer_norm(self, x, gamma, beta, eps):
+        """Normalises ``x`` in place when it is a contiguous fp32 CPU tensor (the encoder
+        passes only tensors it owns); returns the result either way."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
+            return super().layer_norm(x, gamma, beta, eps)
+        gamma, beta = gamma.contiguous(), beta.contiguous()  # held here: C reads them through their addresses
+        self.library.nk_layer_norm(x.data_ptr(), x.shape[0], x.shape[1], gamma.data_ptr(), beta.data_ptr(), eps)
+        return x
+
+    def _offset_sum(self, weight: BlockSparseWeight) -> torch.Tensor:
+        """What the activations' unsigned offset adds to each output (removed in C)."""
+        return (weight.row_sum * (self.activation_levels + 1)).to(torch.int32)
+
+    def _matrix(self, weight: BlockSparseWeight, keep: list) -> _Matrix:
+        """The C view of ``weight``; tensors made for it are appended to ``keep`` (alive for the call)."""
+        is_int8 = weight.dtype == "int8"
+        offset_sum = self._offset_sum(weight) if is_int8 else None
+        keep.append(offset_sum)
+        return _Matrix(weight.n_out, weight.n_in, weight.block_k, int(is_int8), weight.row_ptr.data_ptr(),
+                       weight.col_block.data_ptr(), weight.values.data_ptr(), _address(weight.scale),
+                       _address(offset_sum), _address(weight.bias))
+
+    def span_head(self, start, end, width, n_words, classify_in, classify_out):
+        if start.device.type != "cpu" or classify_in.n_in % 8:
+            return super().span_head(start, end, width, n_words, classify_in, classify_out)
+        start, end, width = (t.contiguous().float() for t in (start, end, width))
+        n_sequences = start.shape[0] // n_words
+        logits = torch.empty(start.shape[0] * width.shape[0], classify_out.n_out, dtype=torch.float32)
+        keep = []
+        matrices = (self._matrix(classify_in, keep), self._matrix(classify_out, keep))
+        status = self.library.nk_span_head(start.data_ptr(), end.data_ptr(), n_sequences, n_words, width.data_ptr(),
+                                           width.shape[0], ctypes.byref(matrices[0]), ctypes.byref(matrices[1]),
+                                           self.activation_levels, logits.data_ptr())
+        if status != 0:
+            return super().span_head(start, end, width, n_words, classify_in, classify_out)
+        return logits
+
+    def attention(self, qkv, lengths, n_heads):
+        hidden = qkv.shape[1] // 3
+        if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or (hidden // n_heads) % 8:
+            return super().attention(qkv, lengths, n_heads)
+        qkv = qkv.contiguous()
+        starts = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+        starts[1:] = torch.as_tensor(lengths, dtype=torch.int64).cumsum(0)
+        out = torch.empty(qkv.shape[0], hidden, dtype=torch.float32)
+        if self.library.nk_attention(qkv.data_ptr(), starts.data_ptr(), len(lengths), n_heads, hidden // n_heads,
+                                     out.data_ptr()) != 0:
+            return super().attention(qkv, lengths, n_heads)
+        return out
+
+
+def native_kernels(extra_flags: tuple[str, ...] = ()) -> NativeKernels | None:
+    """The C kernels, or None (with a warning, once) when they cannot be built here."""
+    library = load_library(tuple(extra_flags))
+    return None if library is None else NativeKernels(library)

@@ -1,0 +1,122 @@
+"""A BERT encoder that does no work on padding (ByteTransformer's idea).
+
+``PackedBertEncoder`` takes a Hugging Face ``BertModel``'s weights and stands in for it:
+same call (``input_ids``, ``attention_mask``), same ``last_hidden_state``. Inside, the
+batch's real tokens are packed into one (n_tokens, hidden) matrix, every linear layer
+runs once over all of them (block-sparse, fp32 or int8), attention runs inside each
+sequence, and the result is scattered back into the padded shape (zeros on padding).
+Positions are the tokens' column indices, as in ``BertModel``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ner.kernels.block_sparse import BlockSparseWeight
+
+
+@dataclass
+class PackedOutput:
+    last_hidden_state: torch.Tensor
+
+
+@dataclass
+class PackedLayer:
+    qkv: BlockSparseWeight  # query, key and value stacked: one pass over the tokens
+    attention_output: BlockSparseWeight
+    attention_norm: tuple[torch.Tensor, torch.Tensor]
+    intermediate: BlockSparseWeight
+    output: BlockSparseWeight
+    output_norm: tuple[torch.Tensor, torch.Tensor]
+
+
+class PackedBertEncoder(nn.Module):
+    def __init__(self, bert, kernels, *, dtype: str = "fp32", block_k: int = 16):
+        """``bert``: a ``transformers.BertModel`` (absolute positions, GELU); its weights are
+        copied. ``kernels``: ``NativeKernels`` or ``ReferenceKernels``. ``dtype``: "fp32" or
+        "int8" for the linear layers; embeddings, layer norms, GELU, softmax and residual
+        adds stay fp32."""
+        super().__init__()
+        config = bert.config
+        if getattr(config, "position_embedding_type", "absolute") != "absolute" or config.hidden_act != "gelu":
+            raise ValueError("PackedBertEncoder supports BERT with absolute positions and erf GELU only")
+        self.config = config
+        self.kernels = kernels
+        self.dtype = dtype
+        self.n_heads = config.num_attention_heads
+        self.eps = config.layer_norm_eps
+        embeddings = bert.embeddings
+        # Embedding tables stay parameters: the WordEncoder finds its device through them.
+        self.word_embeddings = nn.Parameter(embeddings.word_embeddings.weight.detach().clone(), requires_grad=False)
+        self.position_embeddings = nn.Parameter(embeddings.position_embeddings.weight.detach().clone(), requires_grad=False)
+        self.token_type_embeddings = nn.Parameter(embeddings.token_type_embeddings.weight.detach().clone(), requires_grad=False)
+        self.embedding_norm = (embeddings.LayerNorm.weight.detach().clone(), embeddings.LayerNorm.bias.detach().clone())
+
+        def pack(weight, bias):
+            return BlockSparseWeight.from_dense(weight.detach(), bias.detach(), block_k=block_k, dtype=dtype)
+
+        self.layers = []
+        for layer in bert.encoder.layer:
+            attention = layer.attention
+            qkv_weight = torch.cat([attention.self.query.weight, attention.self.key.weight, attention.self.value.weight])
+            qkv_bias = torch.cat([attention.self.query.bias, attention.self.key.bias, attention.self.value.bias])
+            self.layers.append(PackedLayer(
+                qkv=pack(qkv_weight, qkv_bias),
+                attention_output=pack(attention.output.dense.weight, attention.output.dense.bias),
+                attention_norm=(attention.output.LayerNorm.weight.detach().clone(), attention.output.LayerNorm.bias.detach().clone()),
+                intermediate=pack(layer.intermediate.dense.weight, layer.intermediate.dense.bias),
+                output=pack(layer.output.dense.weight, layer.output.dense.bias),
+                output_norm=(layer.output.LayerNorm.weight.detach().clone(), layer.output.LayerNorm.bias.detach().clone()),
+            ))
+
+    @property
+    def density(self) -> float:
+        """Fraction of the linear layers' weight blocks that are stored (1.0 when dense)."""
+        weights = [w for layer in self.layers for w in (layer.qkv, layer.attention_output, layer.intermediate, layer.output)]
+        return sum(w.density * w.n_out * w.n_in for w in weights) / sum(w.n_out * w.n_in for w in weights)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, **_ignored) -> PackedOutput:
+        n_rows, width = input_ids.shape
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        lengths = mask.sum(1)
+        # A row's real tokens become one consecutive run of packed rows, whatever side it is padded on.
+        flat = mask.flatten().nonzero().squeeze(1)
+        positions = flat % width
+        types = 0 if token_type_ids is None else token_type_ids.flatten()[flat]
+        x = (self.word_embeddings[input_ids.flatten()[flat]] + self.position_embeddings[positions]
+             + self.token_type_embeddings[types])
+        x = self.kernels.layer_norm(x.contiguous(), *self.embedding_norm, self.eps)
+        kept = [int(n) for n in lengths.tolist() if n > 0]
+        for layer in self.layers:
+            x = self._layer(layer, x, kept)
+        out = x.new_zeros(n_rows * width, x.shape[1])
+        out[flat] = x
+        return PackedOutput(out.view(n_rows, width, -1))
+
+    def _layer(self, layer: PackedLayer, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        kernels = self.kernels
+        context = kernels.attention(kernels.linear(x, layer.qkv), lengths, self.n_heads)
+        x = kernels.layer_norm(kernels.linear(context, layer.attention_output, epilogue="residual", residual=x),
+                               *layer.attention_norm, self.eps)
+        # int8: the GELU output goes straight to the next int8 layer quantised, never as fp32
+        hidden = kernels.linear(x, layer.intermediate, epilogue="gelu", quantize_output=self.dtype == "int8")
+        return kernels.layer_norm(kernels.linear(hidden, layer.output, epilogue="residual", residual=x),
+                                  *layer.output_norm, self.eps)
+
+    def _apply(self, fn, recurse=True):
+        """``.to(device)`` moves the packed weights too (they are not parameters)."""
+        super()._apply(fn, recurse)
+        moved = lambda t: None if t is None else fn(t)  # noqa: E731
+        self.embedding_norm = tuple(fn(t) for t in self.embedding_norm)
+        for layer in self.layers:
+            for name in ("qkv", "attention_output", "intermediate", "output"):
+                weight = getattr(layer, name)
+                for field_name in ("row_ptr", "col_block", "values", "bias", "scale", "row_sum"):
+                    setattr(weight, field_name, moved(getattr(weight, field_name)))
+                weight._dense = None
+            layer.attention_norm = tuple(fn(t) for t in layer.attention_norm)
+            layer.output_norm = tuple(fn(t) for t in layer.output_norm)
+        return self

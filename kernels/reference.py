@@ -1,0 +1,120 @@
+"""The dense reference: every kernel's arithmetic written in plain PyTorch.
+
+It defines what the C kernels must compute (the equivalence tests compare against it),
+and it is what runs when the C kernels cannot be built or the tensors live on a GPU.
+Each operation works on packed tokens: a (n_tokens, width) matrix holding only real
+tokens, sequences being consecutive runs of rows whose lengths are given.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional
+
+from ner.kernels.block_sparse import BlockSparseWeight
+
+EPILOGUES = ("none", "gelu", "residual")
+
+
+def quantize_rows(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: (integers as fp32 in [-levels, levels], scale per row).
+    The reciprocal is multiplied, not divided, to round exactly as the C kernel does."""
+    amax = x.abs().amax(dim=1)
+    inverse = torch.where(amax > 0, levels / amax, torch.zeros_like(amax))
+    scale = torch.where(amax > 0, amax / levels, torch.zeros_like(amax))
+    return torch.round(x * inverse[:, None]), scale
+
+
+@dataclass
+class QuantizedRows:
+    """Activations already quantised per row for an int8 layer: what one int8 linear layer
+    can hand the next without writing fp32 in between. ``integers`` hold q + levels + 1."""
+
+    integers: torch.Tensor  # uint8 (rows, width)
+    scale: torch.Tensor  # fp32 (rows,)
+    levels: int
+
+    @classmethod
+    def from_float(cls, x: torch.Tensor, levels: int) -> "QuantizedRows":
+        q, scale = quantize_rows(x, levels)
+        return cls((q + levels + 1).to(torch.uint8), scale, levels)
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.integers.float() - (self.levels + 1)) * self.scale[:, None]
+
+
+def sequence_runs(lengths: list[int]):
+    """(first row, number of sequences, length) for each run of consecutive equal lengths."""
+    runs, row, i = [], 0, 0
+    while i < len(lengths):
+        j = i
+        while j < len(lengths) and lengths[j] == lengths[i]:
+            j += 1
+        runs.append((row, j - i, lengths[i]))
+        row += (j - i) * lengths[i]
+        i = j
+    return runs
+
+
+class ReferenceKernels:
+    """The operations the packed encoder needs, in plain PyTorch (any device)."""
+
+    name = "reference"
+
+    def __init__(self, activation_levels: int = 127):
+        self.activation_levels = activation_levels
+
+    def linear(self, x: torch.Tensor | QuantizedRows, weight: BlockSparseWeight, *, epilogue: str = "none",
+               residual: torch.Tensor | None = None, quantize_output: bool = False):
+        """epilogue(x @ weight^T + bias); int8 weights quantise ``x`` per row first (unless it
+        comes quantised). ``quantize_output``: return ``QuantizedRows`` for an int8 layer next."""
+        device = (x.integers if isinstance(x, QuantizedRows) else x).device
+        if isinstance(x, QuantizedRows):
+            q, x_scale = x.integers.float() - (x.levels + 1), x.scale
+            if weight.dtype != "int8" or x.levels != self.activation_levels:
+                raise ValueError("quantised rows go to int8 layers with the same activation levels only")
+        elif weight.dtype == "int8":
+            q, x_scale = quantize_rows(x, self.activation_levels)
+        dense = weight.dense().to(device)
+        if weight.dtype == "int8":
+            integers = torch.round(dense / weight.scale.to(device)[:, None])
+            y = (q @ integers.T) * (x_scale[:, None] * weight.scale.to(device)[None, :])
+        else:
+            y = x @ dense.T
+        if weight.bias is not None:
+            y = y + weight.bias.to(device)
+        if epilogue == "gelu":
+            y = functional.gelu(y)
+        elif epilogue == "residual":
+            y = y + residual
+        elif epilogue != "none":
+            raise ValueError(f"epilogue must be one of {EPILOGUES}, got {epilogue!r}")
+        return QuantizedRows.from_float(y, self.activation_levels) if quantize_output else y
+
+    def layer_norm(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
+        return functional.layer_norm(x, (x.shape[-1],), gamma, beta, eps)
+
+    def attention(self, qkv: torch.Tensor, lengths: list[int], n_heads: int) -> torch.Tensor:
+        """Self-attention inside each sequence: (n_tokens, 3 * hidden) → (n_tokens, hidden).
+        Consecutive sequences of equal length go through one fused SDPA call together."""
+        hidden = qkv.shape[1] // 3
+        head_size = hidden // n_heads
+        out = qkv.new_empty(qkv.shape[0], hidden)
+        for row, count, length in sequence_runs(lengths):
+            part = qkv[row : row + count * length].view(count, length, 3, n_heads, head_size)
+            q, k, v = (part[:, :, i].transpose(1, 2) for i in range(3))  # (count, heads, length, head_size)
+            context = functional.scaled_dot_product_attention(q, k, v)
+            out[row : row + count * length] = context.transpose(1, 2).reshape(count * length, hidden)
+        return out
+
+    def span_head(self, start: torch.Tensor, end: torch.Tensor, width: torch.Tensor, n_words: int,
+                  classify_in: BlockSparseWeight, classify_out: BlockSparseWeight) -> torch.Tensor:
+        """Span logits (n_sequences * n_words * max_width, classify_out.n_out) from the start
+        and end projections (n_sequences * n_words, hidden), the same arithmetic as ``SpanHead``."""
+        hidden, max_width = start.shape[1], width.shape[0]
+        start = start.view(-1, n_words, 1, hidden)
+        last = (torch.arange(n_words, device=start.device)[:, None] + torch.arange(max_width, device=start.device))
+        end = end.view(-1, n_words, hidden)[:, last.clamp(max=n_words - 1)]
+        spans = functional.gelu(start + end + width).reshape(-1, hidden)
+        return self.linear(self.linear(spans, classify_in, epilogue="gelu"), classify_out)

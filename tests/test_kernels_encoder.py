@@ -1,0 +1,207 @@
+"""The padding-free encoder and the backend switch: same outputs as the Hugging Face
+BertModel they replace, same spans from a whole pipeline, windows untouched, block pruning
+that the kernels turn into skipped work, and a pure PyTorch fallback without a compiler.
+
+Tolerances: fp32 encoder outputs within 1e-4 of BertModel's (summation order, erf
+approximation); int8 within 5% relative (Frobenius) of fp32 on a random model.
+"""
+import warnings
+
+import pytest
+import torch
+from spacy.tokens import Doc
+from transformers import BertConfig, BertModel
+
+from ner.kernels import BACKENDS, apply_backend
+from ner.kernels import build
+from ner.kernels.backends import default_kernels
+from ner.kernels.native import native_kernels
+from ner.kernels.packed_encoder import PackedBertEncoder
+from ner.kernels.pruning import block_magnitude_mask, prune_blocks
+from ner.kernels.reference import ReferenceKernels
+
+import test_span_ner  # the module, not the class: importing the class would collect its test here again
+
+
+def bert(hidden=64, heads=4, layers=2, seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=50, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=2 * hidden, max_position_embeddings=64)
+    return BertModel(config, add_pooling_layer=False).eval()
+
+
+def padded_batch(lengths, width, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, 50, (len(lengths), width), generator=generator)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+        ids[row, length:] = 1
+    return ids, mask
+
+
+def kernel_sets():
+    native = native_kernels()
+    return [ReferenceKernels()] + ([native] if native is not None else [])
+
+
+@pytest.mark.parametrize("kernels", kernel_sets(), ids=lambda k: k.name)
+@pytest.mark.parametrize("hidden,heads", [(64, 4), (64, 2), (96, 3)])
+def test_packed_encoder_matches_bert(kernels, hidden, heads):
+    model = bert(hidden, heads)
+    ids, mask = padded_batch([30, 1, 17, 30, 9], 30)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = PackedBertEncoder(model, kernels).forward(ids, mask).last_hidden_state
+    real = mask.bool()
+    assert (got[real] - expected[real]).abs().max() <= 1e-4
+    assert got[~real].abs().max() == 0  # nothing computed, zeros returned, on padding
+
+
+def test_packed_encoder_accepts_left_padding():
+    model = bert()
+    ids, mask = padded_batch([12, 5], 12)
+    flipped_ids, flipped_mask = ids.flip(1), mask.flip(1)
+    with torch.no_grad():
+        expected = model(input_ids=flipped_ids, attention_mask=flipped_mask).last_hidden_state
+        got = PackedBertEncoder(model, default_kernels()).forward(flipped_ids, flipped_mask).last_hidden_state
+    real = flipped_mask.bool()
+    assert (got[real] - expected[real]).abs().max() <= 1e-4
+
+
+def test_int8_encoder_stays_close_to_fp32():
+    model = bert(layers=3)
+    ids, mask = padded_batch([40, 22, 3], 40)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        got = PackedBertEncoder(model, default_kernels(), dtype="int8").forward(ids, mask).last_hidden_state[mask.bool()]
+    assert (got - expected).norm() / expected.norm() < 0.05
+
+
+@pytest.fixture(scope="module")
+def trained_pipeline():
+    contract = test_span_ner.TestEnglishContract()
+    nlp, ner = contract.build()
+    contract.overfit(ner)
+    return contract, nlp
+
+
+def pipeline_outputs(nlp, words_batch):
+    ner = nlp.get_pipe("ner")
+    ner.model.eval()
+    with torch.inference_mode():
+        probs, windows, _blocks = ner.model.predict(words_batch)
+    return probs, windows
+
+
+@pytest.mark.parametrize("backend,tolerance", [("ner-kernels", 1e-4), ("ner-kernels-int8", 0.1), ("torch-int8", 0.1)])
+def test_backend_keeps_windows_and_predictions(trained_pipeline, backend, tolerance):
+    """A document longer than the 12-subword window goes through the same windows; the
+    span probabilities stay within ``tolerance`` and the decoded spans are the same."""
+    contract, nlp = trained_pipeline
+    import copy
+
+    words_batch = [ws for ws, _ in contract.examples] + [("the a of and " * 8).split() + contract.examples[0][0]]
+    expected_probs, expected_windows = pipeline_outputs(nlp, words_batch)
+    switched = copy.deepcopy(nlp)
+    apply_backend(switched.get_pipe("ner").model, backend)
+    assert switched.get_pipe("ner").model.backend == backend
+    probs, windows = pipeline_outputs(switched, words_batch)
+    assert windows == expected_windows and windows[-1] > 1
+    for got, expected in zip(probs, expected_probs):
+        assert abs(got - expected).max() <= tolerance
+    assert contract.predict(switched) and [[x[:3] for x in doc] for doc in contract.predict(switched)] == [
+        [x[:3] for x in doc] for doc in contract.predict(nlp)]
+
+
+def test_pretokenised_doc_through_switched_pipeline(trained_pipeline):
+    contract, nlp = trained_pipeline
+    import copy
+
+    switched = copy.deepcopy(nlp)
+    apply_backend(switched.get_pipe("ner").model, "ner-kernels-int8")
+    doc = Doc(switched.vocab, words="Angela Merkel met Tim Cook in Berlin .".split())
+    for _, component in switched.pipeline:
+        doc = component(doc)
+    assert [(e.text, e.label_) for e in doc.ents] == [("Angela Merkel", "PER"), ("Tim Cook", "PER"), ("Berlin", "LOC")]
+
+
+def test_unknown_backend_is_a_clear_error(trained_pipeline):
+    _, nlp = trained_pipeline
+    with pytest.raises(ValueError, match="unknown backend 'cuda-magic'"):
+        apply_backend(nlp.get_pipe("ner").model, "cuda-magic")
+    assert {"torch", "torch-int8", "onnxruntime-int8", "ner-kernels", "ner-kernels-int8"} <= set(BACKENDS)
+
+
+def test_block_magnitude_mask_prunes_the_weakest_blocks():
+    weight = torch.ones(64, 32)
+    weight[:32, :16] *= 0.1  # the weakest of the four 32x16 blocks
+    weight[32:, 16:] *= 0.5
+    mask = block_magnitude_mask(weight, 0.5)
+    assert mask[:32, :16].sum() == 0 and mask[32:, 16:].sum() == 0
+    assert mask[:32, 16:].min() == 1 and mask[32:, :16].min() == 1
+    assert block_magnitude_mask(weight, 0.0).min() == 1
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_pruned_encoder_skips_blocks_and_matches_bert(sparsity):
+    model = bert(layers=2)
+    pruned = prune_blocks(model, sparsity)
+    assert model.encoder.layer[0].intermediate.dense.weight.eq(0).float().mean() < 0.01  # the original is untouched
+    packed = PackedBertEncoder(pruned, default_kernels())
+    assert packed.density == pytest.approx(1 - sparsity, abs=0.03)
+    ids, mask = padded_batch([20, 7], 20)
+    with torch.no_grad():
+        expected = pruned(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        got = packed.forward(ids, mask).last_hidden_state[mask.bool()]
+    assert (got - expected).abs().max() <= 1e-4
+
+
+def test_without_a_compiler_the_reference_runs_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv(build.CACHE_VARIABLE, str(tmp_path))  # no cached build to fall back on
+    monkeypatch.setattr(build, "find_compiler", lambda: None)
+    build.load_library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no C compiler"):
+            kernels = default_kernels()
+        assert isinstance(kernels, ReferenceKernels) and kernels.name == "reference"
+        model = bert(layers=1)
+        ids, mask = padded_batch([10, 4], 10)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once, not on every use
+            got = apply_backend(model, "ner-kernels-int8").forward(ids, mask).last_hidden_state
+            expected = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert (got - expected)[mask.bool()].norm() / expected[mask.bool()].norm() < 0.05
+    finally:
+        build.load_library.cache_clear()
+
+
+@pytest.mark.parametrize("backend,head_type", [("ner-kernels", "BoundaryHead"), ("onnxruntime", "OnnxHead")])
+def test_other_architectures_switch_their_encoder(backend, head_type):
+    """A boundary model keeps its own head on the kernels (they fuse SpanHead only) and
+    hands it to ONNX Runtime whole; its outputs do not move."""
+    from conftest import tiny_tokenizer, tiny_transformer
+    from ner.boundary_model import BoundaryModelSpec
+    from ner.encoders import WordEncoder
+
+    tokenizer = tiny_tokenizer()
+    encoder = WordEncoder(tiny_transformer(len(tokenizer)).eval(), tokenizer, window=12, stride=6)
+    model = BoundaryModelSpec(hidden_size=32, window=12, stride=6).build(encoder, ["PER", "LOC"]).eval()
+    words = ["Angela Merkel met Tim Cook in Berlin .".split(), ("the a of " * 7).split()]
+    expected, _ = model.probabilities(words)
+    apply_backend(model, backend)
+    assert type(model.head).__name__ == head_type
+    got, _ = model.probabilities(words)
+    for a, b in zip(got, expected):
+        assert abs(a - b).max() <= 1e-4
+
+
+def test_backends_do_not_stack():
+    model = apply_backend(bert(layers=1), "torch")
+    from ner.encoders import WordEncoder
+    from conftest import tiny_tokenizer
+
+    encoder = WordEncoder(model, tiny_tokenizer(), window=12, stride=6)
+    apply_backend(encoder, "ner-kernels")
+    with pytest.raises(ValueError, match="already runs on backend 'ner-kernels'"):
+        apply_backend(encoder, "ner-kernels-int8")
