@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random encoders built in the test, never downloaded."""
 import pytest
 import torch
+
+from ner.datasets import find_data_root
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
@@ -34,3 +36,14 @@ def tiny_transformer(vocab_size: int, hidden: int = 32, layers: int = 1, seed: i
 def tiny_encoder_parts():
     tokenizer = tiny_tokenizer()
     return tiny_transformer(len(tokenizer)), tokenizer
+
+
+def _shared_data_available() -> bool:
+    try:
+        return find_data_root().is_dir()
+    except FileNotFoundError:
+        return False
+
+
+# Tests that read ../shared/data (or $NER_SUITE_DATA) skip, saying so, where it is absent.
+needs_data = pytest.mark.skipif(not _shared_data_available(), reason="shared data folder not available")

@@ -20,6 +20,8 @@ from ner.training.zero_shot_data import (
 )
 from ner.zero_shot import build_zero_shot_model
 
+from conftest import needs_data
+
 RECIPE = Path(__file__).parent.parent / "training" / "zero-shot.toml"
 
 
@@ -142,6 +144,7 @@ def test_long_segments_are_cut_where_no_entity_crosses():
     assert cut_long_segment(Segment(words[:5], [], None), lambda word: 1, budget=10) == [(words[:5], [])]
 
 
+@needs_data
 def test_training_loop_runs_end_to_end_on_a_tiny_encoder(tmp_path):
     """Recipe → mixture → training → best pipeline saved → held-out zero-shot scores,
     with a tiny random encoder saved as a local directory."""
