@@ -84,6 +84,13 @@ class BlockSparseWeight:
             self._dense = dense * self.scale[:, None] if self.dtype == "int8" else dense
         return self._dense
 
+    def apply(self, fn) -> None:
+        """Apply ``fn`` (e.g. a ``.to(device)``) to every tensor held, as ``Module._apply`` does."""
+        for name in ("row_ptr", "col_block", "values", "bias", "scale", "row_sum"):
+            tensor = getattr(self, name)
+            setattr(self, name, None if tensor is None else fn(tensor))
+        self._dense = None
+
     def integers(self) -> torch.Tensor:
         """int8 only: the (n_out, n_in) integer matrix, as fp32."""
         return torch.round(self.dense() / self.scale[:, None])

@@ -24,6 +24,22 @@ def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def _fp32_output(out: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=torch.float32)
+    if tuple(out.shape) != shape or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous fp32 tensor of shape {shape}")
+    return out
+
+
+def _quantized_output(out: QuantizedRows | None, shape: tuple[int, int], levels: int) -> QuantizedRows:
+    if out is None:
+        return QuantizedRows(torch.empty(shape, dtype=torch.uint8), torch.empty(shape[0]), levels)
+    if tuple(out.integers.shape) != shape or out.integers.dtype != torch.uint8 or out.levels != levels:
+        raise ValueError(f"out must hold uint8 integers of shape {shape} at {levels} levels")
+    return out
+
+
 class _Matrix(ctypes.Structure):
     """``nk_matrix`` in csrc/ner_kernels.c."""
 
@@ -41,7 +57,10 @@ class NativeKernels(ReferenceKernels):
         self.library = library
         self.capabilities = library.nk_capabilities()
 
-    def linear(self, x, weight: BlockSparseWeight, *, epilogue="none", residual=None, quantize_output=False):
+    def linear(self, x, weight: BlockSparseWeight, *, epilogue="none", residual=None, quantize_output=False,
+               out=None):
+        """As ``ReferenceKernels.linear``; ``out`` (a contiguous fp32 tensor, or ``QuantizedRows``
+        with ``quantize_output``) is written into when given, to reuse memory."""
         quantized_input = isinstance(x, QuantizedRows)
         device = (x.integers if quantized_input else x).device
         if device.type != "cpu" or (quantized_input and x.levels != self.activation_levels):
@@ -54,41 +73,40 @@ class NativeKernels(ReferenceKernels):
             if quantized_input:
                 raise ValueError("quantised rows go to int8 layers only")
             x = x.contiguous().float()
-            y = torch.empty(n_rows, weight.n_out, dtype=torch.float32)
+            y = _fp32_output(None if quantize_output else out, (n_rows, weight.n_out))
             if n_rows:
                 self.library.nk_linear_f32(x.data_ptr(), n_rows, weight.n_in, weight.n_out, weight.block_k, *common,
                                            _address(weight.bias), _address(residual), _EPILOGUE_CODES[epilogue],
                                            y.data_ptr())
-            return self.quantize(y) if quantize_output else y
+            return self.quantize(y, out=out) if quantize_output else y
         q = x if quantized_input else self.quantize(x)
         offset_sum = self._offset_sum(weight)  # held here: C reads it through its address
         int8_weight = (*common, weight.scale.data_ptr(), offset_sum.data_ptr(), _address(weight.bias))
         if quantize_output and residual is None and n_rows >= FUSED_QUANTIZE_MIN_ROWS:
-            out = QuantizedRows(torch.empty(n_rows, weight.n_out, dtype=torch.uint8), torch.empty(n_rows),
-                                self.activation_levels)
+            result = _quantized_output(out, (n_rows, weight.n_out), self.activation_levels)
             status = self.library.nk_linear_i8_quantized(
                 q.integers.data_ptr(), q.scale.data_ptr(), n_rows, weight.n_in, weight.n_out, weight.block_k,
-                *int8_weight, _EPILOGUE_CODES[epilogue], self.activation_levels, out.integers.data_ptr(),
-                out.scale.data_ptr())
+                *int8_weight, _EPILOGUE_CODES[epilogue], self.activation_levels, result.integers.data_ptr(),
+                result.scale.data_ptr())
             if status == 0:
-                return out
-        y = torch.empty(n_rows, weight.n_out, dtype=torch.float32)
+                return result
+        y = _fp32_output(None if quantize_output else out, (n_rows, weight.n_out))
         if n_rows:
             self.library.nk_linear_i8(q.integers.data_ptr(), q.scale.data_ptr(), n_rows, weight.n_in, weight.n_out,
                                       weight.block_k, *int8_weight, _address(residual), _EPILOGUE_CODES[epilogue],
                                       y.data_ptr())
-        return self.quantize(y) if quantize_output else y
+        return self.quantize(y, out=out) if quantize_output else y
 
-    def quantize(self, x: torch.Tensor) -> QuantizedRows:
+    def quantize(self, x: torch.Tensor, out: QuantizedRows | None = None) -> QuantizedRows:
         """Per-row int8 for the int8 kernels (see ``reference.quantize_rows``)."""
         if x.device.type != "cpu":
             return QuantizedRows.from_float(x, self.activation_levels)
         x = x.contiguous().float()
-        out = QuantizedRows(torch.empty(x.shape, dtype=torch.uint8), torch.empty(x.shape[0]), self.activation_levels)
+        result = _quantized_output(out, tuple(x.shape), self.activation_levels)
         if x.shape[0]:
             self.library.nk_quantize_rows(x.data_ptr(), x.shape[0], x.shape[1], self.activation_levels,
-                                          out.integers.data_ptr(), out.scale.data_ptr())
-        return out
+                                          result.integers.data_ptr(), result.scale.data_ptr())
+        return result
 
     def layer_norm(self, x, gamma, beta, eps):
         """Normalises ``x`` in place when it is a contiguous fp32 CPU tensor (the encoder
@@ -113,28 +131,31 @@ class NativeKernels(ReferenceKernels):
                        _address(offset_sum), _address(weight.bias))
 
     def span_head(self, start, end, width, n_words, classify_in, classify_out):
-        if start.device.type != "cpu" or classify_in.n_in % 8:
+        """As ``ReferenceKernels.span_head``; ``start`` and ``end`` may be column slices of one
+        matrix (rows the same distance apart), as ``FusedSpanHead`` passes them."""
+        strided = start.stride(1) == 1 and end.stride(1) == 1 and start.stride(0) == end.stride(0)
+        if start.device.type != "cpu" or classify_in.n_in % 8 or not strided or start.dtype != torch.float32:
             return super().span_head(start, end, width, n_words, classify_in, classify_out)
-        start, end, width = (t.contiguous().float() for t in (start, end, width))
+        width = width.contiguous().float()
         n_sequences = start.shape[0] // n_words
         logits = torch.empty(start.shape[0] * width.shape[0], classify_out.n_out, dtype=torch.float32)
         keep = []
         matrices = (self._matrix(classify_in, keep), self._matrix(classify_out, keep))
-        status = self.library.nk_span_head(start.data_ptr(), end.data_ptr(), n_sequences, n_words, width.data_ptr(),
-                                           width.shape[0], ctypes.byref(matrices[0]), ctypes.byref(matrices[1]),
-                                           self.activation_levels, logits.data_ptr())
+        status = self.library.nk_span_head(start.data_ptr(), end.data_ptr(), start.stride(0), n_sequences, n_words,
+                                           width.data_ptr(), width.shape[0], ctypes.byref(matrices[0]),
+                                           ctypes.byref(matrices[1]), self.activation_levels, logits.data_ptr())
         if status != 0:
             return super().span_head(start, end, width, n_words, classify_in, classify_out)
         return logits
 
-    def attention(self, qkv, lengths, n_heads):
+    def attention(self, qkv, lengths, n_heads, out=None):
         hidden = qkv.shape[1] // 3
         if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or (hidden // n_heads) % 8:
             return super().attention(qkv, lengths, n_heads)
         qkv = qkv.contiguous()
         starts = torch.zeros(len(lengths) + 1, dtype=torch.int64)
         starts[1:] = torch.as_tensor(lengths, dtype=torch.int64).cumsum(0)
-        out = torch.empty(qkv.shape[0], hidden, dtype=torch.float32)
+        out = _fp32_output(out, (qkv.shape[0], hidden))
         if self.library.nk_attention(qkv.data_ptr(), starts.data_ptr(), len(lengths), n_heads, hidden // n_heads,
                                      out.data_ptr()) != 0:
             return super().attention(qkv, lengths, n_heads)

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from ner.kernels.block_sparse import BlockSparseWeight
+from ner.kernels.reference import QuantizedRows
+from ner.kernels.workspace import Workspace
 
 
 @dataclass
@@ -47,6 +49,7 @@ class PackedBertEncoder(nn.Module):
         self.dtype = dtype
         self.n_heads = config.num_attention_heads
         self.eps = config.layer_norm_eps
+        self.workspace = Workspace()
         embeddings = bert.embeddings
         # Embedding tables stay parameters: the WordEncoder finds its device through them.
         self.word_embeddings = nn.Parameter(embeddings.word_embeddings.weight.detach().clone(), requires_grad=False)
@@ -97,26 +100,36 @@ class PackedBertEncoder(nn.Module):
         return PackedOutput(out.view(n_rows, width, -1))
 
     def _layer(self, layer: PackedLayer, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        kernels = self.kernels
-        context = kernels.attention(kernels.linear(x, layer.qkv), lengths, self.n_heads)
-        x = kernels.layer_norm(kernels.linear(context, layer.attention_output, epilogue="residual", residual=x),
-                               *layer.attention_norm, self.eps)
-        # int8: the GELU output goes straight to the next int8 layer quantised, never as fp32
-        hidden = kernels.linear(x, layer.intermediate, epilogue="gelu", quantize_output=self.dtype == "int8")
-        return kernels.layer_norm(kernels.linear(hidden, layer.output, epilogue="residual", residual=x),
-                                  *layer.output_norm, self.eps)
+        kernels, n = self.kernels, x.shape[0]
+        take = self._buffer if x.device.type == "cpu" else (lambda *_args: None)
+        qkv = kernels.linear(x, layer.qkv, out=take("qkv", (n, layer.qkv.n_out)))
+        context = kernels.attention(qkv, lengths, self.n_heads, out=take("context", (n, x.shape[1])))
+        attended = kernels.linear(context, layer.attention_output, epilogue="residual", residual=x,
+                                  out=take("attended", (n, x.shape[1])))
+        x = kernels.layer_norm(attended, *layer.attention_norm, self.eps)
+        if self.dtype == "int8":  # the GELU output goes to the next int8 layer quantised, never as fp32
+            hidden = kernels.linear(x, layer.intermediate, epilogue="gelu", quantize_output=True,
+                                    out=take("hidden", (n, layer.intermediate.n_out), "quantized"))
+        else:
+            hidden = kernels.linear(x, layer.intermediate, epilogue="gelu", out=take("hidden", (n, layer.intermediate.n_out)))
+        # The layer's input is no longer needed when its output is written: one buffer serves every layer.
+        output = kernels.linear(hidden, layer.output, epilogue="residual", residual=x,
+                                out=take("layer_output", (n, x.shape[1])))
+        return kernels.layer_norm(output, *layer.output_norm, self.eps)
+
+    def _buffer(self, name: str, shape: tuple[int, int], kind: str = "fp32"):
+        if kind == "quantized":
+            return QuantizedRows(self.workspace.take(name, shape, torch.uint8),
+                                 self.workspace.take(name + " scale", shape[:1]), self.kernels.activation_levels)
+        return self.workspace.take(name, shape)
 
     def _apply(self, fn, recurse=True):
         """``.to(device)`` moves the packed weights too (they are not parameters)."""
         super()._apply(fn, recurse)
-        moved = lambda t: None if t is None else fn(t)  # noqa: E731
         self.embedding_norm = tuple(fn(t) for t in self.embedding_norm)
         for layer in self.layers:
-            for name in ("qkv", "attention_output", "intermediate", "output"):
-                weight = getattr(layer, name)
-                for field_name in ("row_ptr", "col_block", "values", "bias", "scale", "row_sum"):
-                    setattr(weight, field_name, moved(getattr(weight, field_name)))
-                weight._dense = None
+            for weight in (layer.qkv, layer.attention_output, layer.intermediate, layer.output):
+                weight.apply(fn)
             layer.attention_norm = tuple(fn(t) for t in layer.attention_norm)
             layer.output_norm = tuple(fn(t) for t in layer.output_norm)
         return self

@@ -66,9 +66,11 @@ class ReferenceKernels:
         self.activation_levels = activation_levels
 
     def linear(self, x: torch.Tensor | QuantizedRows, weight: BlockSparseWeight, *, epilogue: str = "none",
-               residual: torch.Tensor | None = None, quantize_output: bool = False):
+               residual: torch.Tensor | None = None, quantize_output: bool = False, out=None):
         """epilogue(x @ weight^T + bias); int8 weights quantise ``x`` per row first (unless it
-        comes quantised). ``quantize_output``: return ``QuantizedRows`` for an int8 layer next."""
+        comes quantised). ``quantize_output``: return ``QuantizedRows`` for an int8 layer next.
+        ``out`` is a buffer an implementation may write into (this one does not): always use
+        the returned value."""
         device = (x.integers if isinstance(x, QuantizedRows) else x).device
         if isinstance(x, QuantizedRows):
             q, x_scale = x.integers.float() - (x.levels + 1), x.scale
@@ -95,7 +97,7 @@ class ReferenceKernels:
     def layer_norm(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
         return functional.layer_norm(x, (x.shape[-1],), gamma, beta, eps)
 
-    def attention(self, qkv: torch.Tensor, lengths: list[int], n_heads: int) -> torch.Tensor:
+    def attention(self, qkv: torch.Tensor, lengths: list[int], n_heads: int, out=None) -> torch.Tensor:
         """Self-attention inside each sequence: (n_tokens, 3 * hidden) → (n_tokens, hidden).
         Consecutive sequences of equal length go through one fused SDPA call together."""
         hidden = qkv.shape[1] // 3
@@ -113,8 +115,8 @@ class ReferenceKernels:
         """Span logits (n_sequences * n_words * max_width, classify_out.n_out) from the start
         and end projections (n_sequences * n_words, hidden), the same arithmetic as ``SpanHead``."""
         hidden, max_width = start.shape[1], width.shape[0]
-        start = start.view(-1, n_words, 1, hidden)
+        start = start.reshape(-1, n_words, 1, hidden)
         last = (torch.arange(n_words, device=start.device)[:, None] + torch.arange(max_width, device=start.device))
-        end = end.view(-1, n_words, hidden)[:, last.clamp(max=n_words - 1)]
+        end = end.reshape(-1, n_words, hidden)[:, last.clamp(max=n_words - 1)]
         spans = functional.gelu(start + end + width).reshape(-1, hidden)
         return self.linear(self.linear(spans, classify_in, epilogue="gelu"), classify_out)

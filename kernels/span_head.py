@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ner.kernels.block_sparse import OUTPUTS_PER_BLOCK, BlockSparseWeight
+from ner.kernels.workspace import Workspace
 
 _CLASSIFIER_LAYOUT = (nn.GELU, nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Linear)
 
@@ -26,6 +27,7 @@ class FusedSpanHead(nn.Module):
         if layers != _CLASSIFIER_LAYOUT or any(g.approximate != "none" for g in head.classify if isinstance(g, nn.GELU)):
             raise ValueError(f"FusedSpanHead expects a classifier laid out as {[t.__name__ for t in _CLASSIFIER_LAYOUT]}")
         self.kernels = kernels
+        self.workspace = Workspace()
         self.max_width = head.max_width
         self.hidden = head.start.out_features
         classify_in, classify_out = head.classify[2], head.classify[5]
@@ -37,7 +39,7 @@ class FusedSpanHead(nn.Module):
                                                  block_k=block_k, dtype=dtype)
         self.classify_in = BlockSparseWeight.from_dense(classify_in.weight.detach(), classify_in.bias.detach(),
                                                         block_k=block_k, dtype=dtype)
-        # The kernels produce outputs in blocks of 16: the label rows are padded with zeros.
+        # The kernels produce outputs in blocks of OUTPUTS_PER_BLOCK: the label rows are padded with zeros.
         padded = -(-self.n_labels // OUTPUTS_PER_BLOCK) * OUTPUTS_PER_BLOCK
         weight = torch.zeros(padded, classify_out.in_features)
         weight[: self.n_labels] = classify_out.weight.detach()
@@ -50,7 +52,17 @@ class FusedSpanHead(nn.Module):
         batch, n_words, size = words.shape
         if batch * n_words == 0:
             return words.new_zeros(batch, n_words, self.max_width, self.n_labels)
-        ends = self.kernels.linear(words.reshape(batch * n_words, size), self.ends)
-        start, end = ends[:, : self.hidden].contiguous(), ends[:, self.hidden :].contiguous()
+        rows = batch * n_words
+        out = self.workspace.take("ends", (rows, 2 * self.hidden)) if words.device.type == "cpu" else None
+        ends = self.kernels.linear(words.reshape(rows, size), self.ends, out=out)
+        # start and end stay column slices of one matrix: the kernel reads rows 2 * hidden apart
+        start, end = ends[:, : self.hidden], ends[:, self.hidden :]
         logits = self.kernels.span_head(start, end, self.width, n_words, self.classify_in, self.classify_out)
         return logits[:, : self.n_labels].reshape(batch, n_words, self.max_width, self.n_labels)
+
+    def _apply(self, fn, recurse=True):
+        """``.to(device)`` moves the packed weights too (they are not parameters)."""
+        super()._apply(fn, recurse)
+        for weight in (self.ends, self.classify_in, self.classify_out):
+            weight.apply(fn)
+        return self

@@ -130,10 +130,10 @@ class PipelineActor:
     def __init__(self, pipeline: str, input_format: str, text_field: str, limits: dict, batch_size: int):
         import torch
 
-        import ner
+        from ner.tagging import LongRunningPipeline
 
         torch.set_num_threads(1)  # one actor per CPU: more threads would only contend
-        self.nlp = ner.load(pipeline)
+        self.pipeline = LongRunningPipeline(pipeline)
         self.input_format, self.text_field = input_format, text_field
         self.limits, self.batch_size = Limits(**limits), batch_size
 
@@ -150,7 +150,7 @@ class PipelineActor:
             if entry is not None:
                 entries.append(entry)
         records = [entry.record for entry in entries if entry.reason is None]
-        results = tag_or_reject(self.nlp, records, batch_size=self.batch_size)
+        results = tag_or_reject(self.pipeline.nlp, records, batch_size=self.batch_size)
         output, errors, counts = settle_chunk(entries, results, "jsonl", None)
         return {"output": [output], "errors": [json.dumps([e.error_json() for e in errors], ensure_ascii=False)],
                 "done": [json.dumps(done)], "counts": [json.dumps(asdict(counts))],

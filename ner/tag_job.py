@@ -591,13 +591,11 @@ def _chunks(entries, size: int):
 def _local_tagger(job: TagJob, pipeline: Path, nlp=None):
     """A function from chunks of entries to (chunk, what tag_or_reject gave for its
     records), in order, with the pipeline loaded here or in worker processes."""
-    from ner.tagging import ProcessTagger, tag_or_reject
+    from ner.tagging import LongRunningPipeline, ProcessTagger, tag_or_reject
 
     if job.n_process <= 1:
-        import ner
-
-        nlp = nlp if nlp is not None else ner.load(pipeline)
-        yield lambda chunks: ((chunk, tag_or_reject(nlp, _records(chunk), batch_size=job.batch_size))
+        loaded = LongRunningPipeline(pipeline, nlp)
+        yield lambda chunks: ((chunk, tag_or_reject(loaded.nlp, _records(chunk), batch_size=job.batch_size))
                               for chunk in chunks)
         return
     with ProcessTagger(pipeline, n_process=job.n_process, batch_size=job.batch_size) as tagger:

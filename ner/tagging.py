@@ -37,7 +37,11 @@ def doc_spans(doc, spans_key: str = "ner") -> list[Span]:
 
 
 def to_doc(nlp, record: Record):
-    return record_to_doc(nlp.vocab, record) if record.tokens is not None else nlp.make_doc(record.text)
+    if record.tokens is not None:
+        return record_to_doc(nlp.vocab, record)
+    # The tokenizer itself, not nlp.make_doc: make_doc refuses texts past nlp.max_length
+    # (1,000,000 characters, a guard for spaCy's parser); ner tag has its own --max-chars.
+    return nlp.tokenizer(record.text)
 
 
 def tag_records(nlp, records, *, batch_size: int = 16, spans_key: str = "ner"):
@@ -107,6 +111,40 @@ def _strings_zone(nlp, n_records: int):
     if seen < WARM_RECORDS or not hasattr(nlp, "memory_zone"):
         return contextlib.nullcontext()
     return nlp.memory_zone()
+
+
+class LongRunningPipeline:
+    """A pipeline for a job of any length: ``nlp`` is reloaded from ``path`` once spaCy's
+    vocabulary has taken in ``RELOAD_AFTER_LEXEMES`` new words.
+
+    ``memory_zone`` frees the words a batch added, but their keys stay in the hash
+    tables of the vocabulary and the string store (about 20 bytes a distinct word, and
+    the tables double as they fill): 200 MB of text with a million new numbers a minute
+    grows by hundreds of MB. Reloading, as spaCy's authors advise for long runs, starts
+    from clean tables; ``len(nlp.vocab)`` counts every word ever added, so it says when.
+    """
+
+    RELOAD_AFTER_LEXEMES = 1_000_000
+
+    def __init__(self, path, nlp=None):
+        import ner
+
+        self.path = path
+        self._nlp = nlp if nlp is not None else ner.load(path)
+        self._loaded_with = len(self._nlp.vocab)
+
+    @property
+    def nlp(self):
+        if len(self._nlp.vocab) - self._loaded_with > self.RELOAD_AFTER_LEXEMES:
+            import gc
+
+            import ner
+
+            self._nlp = None
+            gc.collect()  # free the old copy before loading the new: one copy at a time
+            self._nlp = ner.load(self.path)
+            self._loaded_with = len(self._nlp.vocab)
+        return self._nlp
 
 
 def _length_batches(records: list[Record], batch_size: int) -> list[list[int]]:
@@ -230,16 +268,15 @@ def _start_worker(pipeline: str, batch_size: int, spans_key: str) -> None:
     torch.set_num_threads(1)
     # The pipeline is loaded by a task, not here: an exception in an initializer only
     # breaks the pool, while one in a task reaches the parent with its message.
-    _worker.update(pipeline=pipeline, batch_size=batch_size, spans_key=spans_key, nlp=None)
+    _worker.update(pipeline=pipeline, batch_size=batch_size, spans_key=spans_key, loaded=None)
 
 
 def _load_pipeline() -> None:
-    if _worker["nlp"] is None:
-        import ner
-
-        _worker["nlp"] = ner.load(_worker["pipeline"])
+    if _worker["loaded"] is None:
+        _worker["loaded"] = LongRunningPipeline(_worker["pipeline"])
 
 
 def _tag_chunk(records: list[Record]) -> list:
     _load_pipeline()
-    return tag_or_reject(_worker["nlp"], records, batch_size=_worker["batch_size"], spans_key=_worker["spans_key"])
+    return tag_or_reject(_worker["loaded"].nlp, records, batch_size=_worker["batch_size"],
+                         spans_key=_worker["spans_key"])

@@ -1,4 +1,5 @@
-/* ner-suite inference kernels for x86-64 CPUs with AVX2 and FMA.
+/* ner-suite inference kernels for x86-64 CPUs with AVX2 and FMA, and wider register tiles
+ * where the CPU has AVX-512 (compiled with -march=native on the machine that runs them).
  *
  * Everything works on packed tokens: rows of a [n_rows, width] row-major matrix, one row
  * per real token of a batch, no padding (the caller gathers them). Sequences are
@@ -27,10 +28,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #if !defined(__AVX2__) || !defined(__FMA__)
 #error "ner-suite kernels need AVX2 and FMA"
@@ -542,11 +539,18 @@ void nk_gelu(float *x, int64_t n) {
 
 /* ---- self-attention inside each packed sequence (fp32) -------------------------------- */
 
+/* The head's values, contiguous: rows of qkv are 3 x hidden floats apart, a stride that
+ * maps them onto a few cache sets, so reading them in place misses L1 on every pass. */
+static void pack_values(const float *qkv, int64_t ld, int32_t length, int32_t head_size, int64_t v_offset, float *values) {
+    for (int32_t j = 0; j < length; j++) memcpy(values + (int64_t)j * head_size, qkv + j * ld + v_offset, sizeof(float) * head_size);
+}
+
 /* One (sequence, head): scores = q k^T / sqrt(d), softmax over keys, times v. Keys are
  * transposed once into kt[d][j] so that a tile of ATTENTION_ROWS queries x 16 keys is the same
  * register-blocked product as the linear layers; probabilities are normalised after P.V. */
 static void attend_one(const float *qkv, int64_t ld, int32_t length, int32_t head_size, int64_t q_offset,
-                       int64_t k_offset, int64_t v_offset, float *out, int64_t ld_out, float *kt, float *scores) {
+                       int64_t k_offset, int64_t v_offset, float *out, int64_t ld_out, float *kt, float *scores,
+                       float *values) {
     const int32_t padded = (length + 15) & ~15;
     const float scale = 1.0f / sqrtf((float)head_size);
     for (int32_t d = 0; d < head_size; d++) {
@@ -554,6 +558,7 @@ static void attend_one(const float *qkv, int64_t ld, int32_t length, int32_t hea
         for (int32_t j = 0; j < length; j++) row[j] = qkv[j * ld + k_offset + d];
         for (int32_t j = length; j < padded; j++) row[j] = 0.0f;
     }
+    pack_values(qkv, ld, length, head_size, v_offset, values);
     for (int32_t i0 = 0; i0 < length; i0 += ATTENTION_ROWS) {
         const int rows = length - i0 < ATTENTION_ROWS ? length - i0 : ATTENTION_ROWS;
         float q[ATTENTION_ROWS][256];
@@ -606,7 +611,7 @@ static void attend_one(const float *qkv, int64_t ld, int32_t length, int32_t hea
             __m256 acc[ATTENTION_ROWS][2];
             for (int r = 0; r < ATTENTION_ROWS; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
             for (int32_t j = 0; j < length; j++) {
-                const float *v = qkv + (int64_t)j * ld + v_offset + d;
+                const float *v = values + (int64_t)j * head_size + d;
                 const __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
 #pragma GCC unroll 6
                 for (int r = 0; r < ATTENTION_ROWS; r++) {
@@ -625,7 +630,7 @@ static void attend_one(const float *qkv, int64_t ld, int32_t length, int32_t hea
             __m256 acc[ATTENTION_ROWS];
             for (int r = 0; r < ATTENTION_ROWS; r++) acc[r] = _mm256_setzero_ps();
             for (int32_t j = 0; j < length; j++) {
-                const __m256 v = _mm256_loadu_ps(qkv + (int64_t)j * ld + v_offset + d);
+                const __m256 v = _mm256_loadu_ps(values + (int64_t)j * head_size + d);
 #pragma GCC unroll 6
                 for (int r = 0; r < ATTENTION_ROWS; r++) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(scores + r * padded + j), v, acc[r]);
             }
@@ -640,7 +645,8 @@ static void attend_one(const float *qkv, int64_t ld, int32_t length, int32_t hea
  * 16) value dimensions; head_size must be a multiple of 16. */
 #define ATTENTION_ROWS_512 12
 static void attend_one512(const float *qkv, int64_t ld, int32_t length, int32_t head_size, int64_t q_offset,
-                          int64_t k_offset, int64_t v_offset, float *out, int64_t ld_out, float *kt, float *scores) {
+                          int64_t k_offset, int64_t v_offset, float *out, int64_t ld_out, float *kt, float *scores,
+                       float *values) {
     const int32_t padded = (length + 31) & ~31;
     const float scale = 1.0f / sqrtf((float)head_size);
     for (int32_t j = 0; j < length; j++) {
@@ -649,6 +655,7 @@ static void attend_one512(const float *qkv, int64_t ld, int32_t length, int32_t 
     }
     for (int32_t d = 0; d < head_size; d++)
         for (int32_t j = length; j < padded; j++) kt[(int64_t)d * padded + j] = 0.0f;
+    pack_values(qkv, ld, length, head_size, v_offset, values);
     for (int32_t i0 = 0; i0 < length; i0 += ATTENTION_ROWS_512) {
         const int rows = length - i0 < ATTENTION_ROWS_512 ? length - i0 : ATTENTION_ROWS_512;
         const float *q[ATTENTION_ROWS_512];
@@ -699,7 +706,7 @@ static void attend_one512(const float *qkv, int64_t ld, int32_t length, int32_t 
             __m512 acc[ATTENTION_ROWS_512][2];
             for (int r = 0; r < ATTENTION_ROWS_512; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
             for (int32_t j = 0; j < length; j++) {
-                const float *v = qkv + (int64_t)j * ld + v_offset + d;
+                const float *v = values + (int64_t)j * head_size + d;
                 const __m512 v0 = _mm512_loadu_ps(v), v1 = _mm512_loadu_ps(v + 16);
 #pragma GCC unroll 12
                 for (int r = 0; r < ATTENTION_ROWS_512; r++) {
@@ -718,7 +725,7 @@ static void attend_one512(const float *qkv, int64_t ld, int32_t length, int32_t 
             __m512 acc[ATTENTION_ROWS_512];
             for (int r = 0; r < ATTENTION_ROWS_512; r++) acc[r] = _mm512_setzero_ps();
             for (int32_t j = 0; j < length; j++) {
-                const __m512 v = _mm512_loadu_ps(qkv + (int64_t)j * ld + v_offset + d);
+                const __m512 v = _mm512_loadu_ps(values + (int64_t)j * head_size + d);
 #pragma GCC unroll 12
                 for (int r = 0; r < ATTENTION_ROWS_512; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(scores[r * padded + j]), v, acc[r]);
             }
@@ -738,7 +745,8 @@ int nk_attention(const float *qkv, const int64_t *starts, int32_t n_seqs, int32_
     int64_t longest = 0;
     for (int32_t s = 0; s < n_seqs; s++) longest = starts[s + 1] - starts[s] > longest ? starts[s + 1] - starts[s] : longest;
     const int64_t padded = (longest + 31) & ~31;
-    const int64_t buffer = head_size * padded + 16 * padded; /* keys transposed, then a tile's scores */
+    /* keys transposed, a tile's scores, values packed */
+    const int64_t buffer = head_size * padded + 16 * padded + head_size * padded;
     int failed = 0;
 #pragma omp parallel
     {
@@ -760,12 +768,12 @@ int nk_attention(const float *qkv, const int64_t *starts, int32_t n_seqs, int32_
 #if NK_AVX512
                 if (head_size % 16 == 0) {
                     attend_one512(base, ld, length, head_size, q_offset, k_offset, v_offset, target, hidden, kt,
-                                  kt + head_size * padded);
+                                  kt + head_size * padded, kt + (head_size + 16) * padded);
                     continue;
                 }
 #endif
                 attend_one(base, ld, length, head_size, q_offset, k_offset, v_offset, target, hidden, kt,
-                           kt + head_size * padded);
+                           kt + head_size * padded, kt + (head_size + 16) * padded);
             }
         }
         free(kt);
@@ -811,8 +819,9 @@ static void tile_matrix(const nk_matrix *w, const float *xf, const uint8_t *xq, 
 /* logits[b, i, w, :] = classify_out(gelu(classify_in(gelu(start[b, i] + end[b, min(i + w, n - 1)] + width[w]))))
  * for every word i of every sequence b and every width w < max_width: the span head's
  * (batch, words, max_width, hidden) activations only ever exist one tile of MC spans at a
- * time, in cache. start and end: (n_batch * n_words, hidden), biases included. */
-int nk_span_head(const float *start, const float *end, int64_t n_batch, int32_t n_words, const float *width,
+ * time, in cache. start and end: (n_batch * n_words) rows of hidden values, ld apart
+ * (they may interleave in one matrix), biases included. */
+int nk_span_head(const float *start, const float *end, int64_t ld, int64_t n_batch, int32_t n_words, const float *width,
                  int32_t max_width, const nk_matrix *classify_in, const nk_matrix *classify_out, int32_t levels,
                  float *logits) {
     const int32_t hidden = classify_in->n_in, inner = classify_in->n_out;
@@ -839,7 +848,7 @@ int nk_span_head(const float *start, const float *end, int64_t n_batch, int32_t 
                 const int64_t r = r0 + t, word = r / max_width;
                 const int32_t w = (int32_t)(r % max_width), i = (int32_t)(word % n_words);
                 const int64_t last = word - i + (i + w < n_words ? i + w : n_words - 1);
-                const float *s = start + word * hidden, *e = end + last * hidden, *wv = width + (int64_t)w * hidden;
+                const float *s = start + word * ld, *e = end + last * ld, *wv = width + (int64_t)w * hidden;
                 for (int32_t k = 0; k < hidden; k += 8) {
                     __m256 v = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(s + k), _mm256_loadu_ps(e + k)), _mm256_loadu_ps(wv + k));
                     _mm256_storeu_ps(h0 + (int64_t)t * hidden + k, gelu256(v));
