@@ -56,7 +56,9 @@ def main(argv=None) -> int:
 
     evaluate = commands.add_parser("evaluate", help="strict entity-level P/R/F1 of a pipeline on data")
     evaluate.add_argument("pipeline")
-    evaluate.add_argument("data", help="dataset:split from the manifest, or a file")
+    evaluate.add_argument("data", nargs="+",
+                          help="dataset:split from the manifest (a * in the name matches several: "
+                               "'masakhaner2/*:test'), or a file; several are scored one by one and averaged")
     evaluate.add_argument("--format", default=None, help="file format when DATA is a file")
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--limit", type=int, default=None)
@@ -142,53 +144,92 @@ def run_evaluate(args) -> int:
     from ner.evaluation import evaluate
 
     nlp = ner.load(args.pipeline)
-    records = _evaluation_records(args)
-    labels = _evaluation_labels(nlp, args)
-    started = time.perf_counter()
-    scores = evaluate(nlp, records, batch_size=args.batch_size, labels=labels,
-                      progress=lambda it, total: tqdm(it, total=total, unit="doc", mininterval=5, file=sys.stderr))
-    seconds = time.perf_counter() - started
-    n_words = sum(len(r.tokens) for r in records)
-    print(scores.table())
-    print(f"{n_words} words in {seconds:.1f} s: {n_words / seconds:.0f} words/s")
+    label_map = nlp.meta.get("label_map") or {}  # dataset label → pipeline label, e.g. GENE → Gene
+    sources = _evaluation_sources(args.data)
+    results = {}
+    for source in sources:
+        records = _evaluation_records(source, args, label_map)
+        labels = _evaluation_labels(nlp, source, args, label_map)
+        started = time.perf_counter()
+        scores = evaluate(nlp, records, batch_size=args.batch_size, labels=labels,
+                          progress=lambda it, total: tqdm(it, total=total, unit="doc", mininterval=5, file=sys.stderr))
+        seconds = time.perf_counter() - started
+        n_words = sum(len(r.tokens) for r in records)
+        if len(sources) > 1:
+            print(f"== {source}")
+        print(scores.table())
+        print(f"{n_words} words in {seconds:.1f} s: {n_words / seconds:.0f} words/s")
+        results[source] = {"micro": scores.micro, "per_label": scores.per_label, "words": n_words, "seconds": seconds}
+    summary = {"pipeline": args.pipeline, "data": sources, "results": results}
+    if len(sources) > 1:
+        f1s = [r["micro"]["f1"] for r in results.values()]
+        summary["average_f1"] = sum(f1s) / len(f1s)
+        print(f"\n{'data':<28} {'F1':>7}")
+        for source, r in results.items():
+            print(f"{source:<28} {100 * r['micro']['f1']:7.2f}")
+        print(f"{'average of ' + str(len(f1s)):<28} {100 * summary['average_f1']:7.2f}")
     if args.json_path:
+        if len(sources) == 1:  # one dataset: the flat form earlier versions wrote
+            summary = {**results[sources[0]], "pipeline": args.pipeline, "data": sources[0]}
         with open(args.json_path, "w") as handle:
-            json.dump({"micro": scores.micro, "per_label": scores.per_label, "words": n_words,
-                       "seconds": seconds, "pipeline": args.pipeline, "data": args.data}, handle, indent=2)
+            json.dump(summary, handle, indent=2)
     return 0
 
 
-def _evaluation_labels(nlp, args):
+def _evaluation_sources(data: list[str]) -> list[str]:
+    """``dataset:split`` names and files, with ``*`` in a dataset name expanded."""
+    import fnmatch
+    from pathlib import Path
+
+    sources = []
+    for item in data:
+        if "*" in item and ":" in item and not Path(item).exists():
+            from ner.datasets import list_datasets
+
+            pattern, split = item.rsplit(":", 1)
+            matched = [f"{name}:{split}" for name in list_datasets() if fnmatch.fnmatchcase(name, pattern)]
+            if not matched:
+                raise SystemExit(f"ner evaluate: no dataset matches {pattern!r}")
+            sources.extend(matched)
+        else:
+            sources.append(item)
+    return sources
+
+
+def _evaluation_labels(nlp, source, args, label_map=None):
     """The labels to predict: --labels, else the dataset's own when the pipeline knows them
     all (a pipeline trained on several label schemes is scored on the dataset's scheme)."""
     if args.labels:
         return [label.strip() for label in args.labels.split(",") if label.strip()]
     from pathlib import Path
 
-    if ":" not in args.data or Path(args.data).exists():
+    if ":" not in source or Path(source).exists():
         return None
     from ner.components import SpanNER
     from ner.datasets import dataset_info
 
     known = {l for _, c in nlp.pipeline if isinstance(c, SpanNER) for l in c.labels}
-    labels = list(dataset_info(args.data.split(":")[0])["labels"])
-    return labels if known and set(labels) <= known else None
+    labels = [(label_map or {}).get(l, l) for l in dataset_info(source.split(":")[0])["labels"] or []]
+    return labels if known and labels and set(labels) <= known else None
 
 
-def _evaluation_records(args):
+def _evaluation_records(source, args, label_map=None):
     from pathlib import Path
 
-    if ":" in args.data and not Path(args.data).exists():
+    if ":" in source and not Path(source).exists():
         from ner.datasets import load_dataset
 
-        name, split = args.data.split(":")
+        name, split = source.rsplit(":", 1)
         records = load_dataset(name, split)
     else:
         from ner.readers import read_records
 
-        records = read_records(args.data, format=args.format)
-    records = list(records)
-    return records[: args.limit] if args.limit else records
+        records = read_records(source, format=args.format)
+    records = list(records)[: args.limit] if args.limit else list(records)
+    if label_map:
+        for record in records:
+            record.spans = [type(s)(s.start, s.end, label_map.get(s.label, s.label)) for s in record.spans]
+    return records
 
 
 if __name__ == "__main__":

@@ -70,6 +70,24 @@ def test_evaluate_prints_micro_and_per_label(pipeline_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "s.json").read_text())["micro"]["f1"] == 1.0
 
 
+def test_evaluate_several_files_averages_and_maps_labels(pipeline_dir, tmp_path, capsys):
+    """Several data arguments are scored one by one and averaged; the pipeline's
+    ``label_map`` (dataset label → pipeline label) renames the gold spans first."""
+    nlp = spacy.load(pipeline_dir)
+    nlp.meta["label_map"] = {"PERSON": "PER"}
+    mapped = tmp_path / "mapped"
+    nlp.to_disk(mapped)
+    perfect, half = tmp_path / "perfect.conll", tmp_path / "half.conll"
+    perfect.write_text("Angela B-PERSON\nMerkel I-PERSON\nmet O\nTim B-PERSON\nCook I-PERSON\n. O\n\n")
+    half.write_text("Angela B-PERSON\nMerkel I-PERSON\nmet O\nTim O\nCook O\n. O\n\n")  # Tim Cook: a false positive
+    assert main(["evaluate", str(mapped), str(perfect), str(half), "--format", "conll", "--json", str(tmp_path / "s.json")]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    f1s = [summary["results"][str(p)]["micro"]["f1"] for p in (perfect, half)]
+    assert f1s[0] == 1.0 and f1s[1] == pytest.approx(2 / 3)
+    assert summary["average_f1"] == pytest.approx((1 + 2 / 3) / 2)
+    assert "average of 2" in capsys.readouterr().out
+
+
 def test_unknown_pipeline_is_a_clear_error():
     with pytest.raises(ValueError, match="no pipeline 'nonexistent'"):
         main(["tag", "--pipeline", "nonexistent"])

@@ -348,3 +348,24 @@ def test_trim_vocabulary(converted):
 
     with pytest.raises(ValueError):
         trim_vocabulary(model, tokenizer, [len(tokenizer) + 5])
+
+
+def test_most_frequent_pieces_shrink_the_vocabulary_and_resegment(converted):
+    """``vocabulary_pieces(most_frequent=N)`` keeps the N pieces the text uses most; a word
+    whose own piece is dropped is re-segmented into smaller kept pieces, never lost."""
+    from types import SimpleNamespace
+
+    from ner.training.loop import vocabulary_pieces
+
+    model, tokenizer = converted
+    common = "the people of the city went to the market".split()
+    records = [SimpleNamespace(words=common)] * 50 + [SimpleNamespace(words=["Ouagadougou", "Kinshasa"])]
+    everything = vocabulary_pieces(tokenizer, records)
+    few = vocabulary_pieces(tokenizer, records, most_frequent=len(everything) - 6)
+    assert len(few) < len(everything) and set(few) <= set(everything)
+    the = tokenizer(["the"], is_split_into_words=True, add_special_tokens=False)["input_ids"][0]
+    assert the in few  # the most frequent survives
+    small_model, small_tok = trim_vocabulary(model, tokenizer, few)
+    pieces = small_tok.convert_ids_to_tokens(small_tok(["Ouagadougou"], is_split_into_words=True,
+                                                       add_special_tokens=False)["input_ids"])
+    assert "".join(pieces).lstrip("\u2581") == "Ouagadougou" and small_tok.unk_token not in pieces

@@ -11,6 +11,7 @@ import json
 import random
 import time
 import tomllib
+from collections import Counter
 from pathlib import Path
 
 import spacy
@@ -49,13 +50,20 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
     return records
 
 
-def vocabulary_pieces(tokenizer, records, extra: int = 0) -> list[int]:
+def vocabulary_pieces(tokenizer, records, extra: int = 0, most_frequent: int | None = None) -> list[int]:
     """Piece ids the records' words use, plus the ``extra`` most probable other pieces
-    written in Latin script, so unseen words still find familiar pieces."""
+    written in Latin script, so unseen words still find familiar pieces. With
+    ``most_frequent``, only that many of the used pieces are kept, the most frequent in the
+    records' text first (a word whose pieces were dropped is re-segmented into smaller kept
+    pieces: see ``trim_vocabulary``)."""
     keep = set(tokenizer.all_special_ids)
-    seen_words = {w for r in records for w in r.words}
-    for word in seen_words:
-        keep.update(tokenizer([word], is_split_into_words=True, add_special_tokens=False)["input_ids"])
+    word_counts = Counter(w for r in records for w in r.words)
+    piece_counts = Counter()
+    for word, n in word_counts.items():
+        for piece in tokenizer([word], is_split_into_words=True, add_special_tokens=False)["input_ids"]:
+            piece_counts[piece] += n
+    used = [piece for piece, _ in piece_counts.most_common(most_frequent)]
+    keep.update(used)
     if extra:
         model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
         ranked = sorted(range(len(model["vocab"])), key=lambda i: -model["vocab"][i][1])
@@ -80,6 +88,8 @@ def build_pipeline(recipe: dict, train_records, dev_records):
     nlp.meta.update({"name": pipeline["name"], "version": pipeline.get("version", "0.1.0"),
                      "description": pipeline.get("description", ""), "license": pipeline.get("license", ""),
                      "sources": [{"name": name} for name in recipe["data"]["train"]]})
+    if recipe["data"].get("label_map"):  # dataset label → pipeline label: `ner evaluate` maps gold spans too
+        nlp.meta["label_map"] = dict(recipe["data"]["label_map"])
     ner = nlp.add_pipe("span_ner", name="ner", config={
         "labels": pipeline["labels"],
         "active_labels": pipeline.get("active_labels"),

@@ -3,6 +3,7 @@ pieces the recipe's train and dev words use plus the ``extra`` most probable Lat
 pieces (fewer than the recipe kept while training), slice the embedding table, re-export.
 
     python -m ner.training.shrink training/tweets.toml runs/tweets pipelines/tweets --extra-pieces 2000
+    python -m ner.training.shrink training/multilingual.toml runs/multilingual pipelines/multilingual --most-frequent 20000
 
 Only the embedding rows of dropped pieces go; every other weight is unchanged. Words made
 of kept pieces tokenise as before; the model card's scores are measured after shrinking.
@@ -18,7 +19,9 @@ def main(argv=None) -> int:
     parser.add_argument("recipe")
     parser.add_argument("pipeline")
     parser.add_argument("output")
-    parser.add_argument("--extra-pieces", type=int, required=True)
+    parser.add_argument("--extra-pieces", type=int, default=0)
+    parser.add_argument("--most-frequent", type=int, default=None, metavar="N",
+                        help="keep only the N pieces the recipe's text uses most (others re-segment into kept pieces)")
     args = parser.parse_args(argv)
 
     import ner
@@ -33,7 +36,7 @@ def main(argv=None) -> int:
         encoder = getattr(getattr(component, "model", None), "encoder", None)
         if encoder is None:
             continue
-        keep = vocabulary_pieces(encoder.tokenizer, records, args.extra_pieces)
+        keep = vocabulary_pieces(encoder.tokenizer, records, args.extra_pieces, args.most_frequent)
         before = len(encoder.tokenizer)
         transformer, tokenizer = trim_vocabulary(encoder.transformer, encoder.tokenizer, keep)
         head = component.model.head
