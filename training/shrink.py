@@ -22,6 +22,8 @@ def main(argv=None) -> int:
     parser.add_argument("--extra-pieces", type=int, default=0)
     parser.add_argument("--most-frequent", type=int, default=None, metavar="N",
                         help="keep only the N pieces the recipe's text uses most (others re-segment into kept pieces)")
+    parser.add_argument("--storage", default=None, choices=["fp32", "fp16", "int8", "int8-emb4"],
+                        help="weights storage of the output (default: the pipeline's)")
     args = parser.parse_args(argv)
 
     import ner
@@ -42,6 +44,8 @@ def main(argv=None) -> int:
         head = component.model.head
         component.set_model(transformer, tokenizer)
         component.model.head = head
+        if args.storage:
+            component.cfg["storage"] = args.storage
         print(f"{component.name}: {before} → {len(tokenizer)} pieces")
     export_pipeline(nlp, args.output)
     return 0
