@@ -193,7 +193,7 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
             running += optimizer_step(model, optimizer, schedule, batch_loss(model, batch))
             bar.set_postfix(loss=f"{running / step:.4f}")
         if settings.get("tune_threshold", True):
-            threshold, dev_scores = best_threshold(ner, dev_records, thresholds=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
+            threshold, dev_scores = best_threshold(ner, dev_records, thresholds=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8))
             ner.cfg["threshold"] = threshold
         else:
             threshold, dev_scores = ner.cfg["threshold"], evaluate(nlp, dev_records)

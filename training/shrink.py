@@ -22,6 +22,8 @@ def main(argv=None) -> int:
     parser.add_argument("--extra-pieces", type=int, default=0)
     parser.add_argument("--most-frequent", type=int, default=None, metavar="N",
                         help="keep only the N pieces the recipe's text uses most (others re-segment into kept pieces)")
+    parser.add_argument("--tune-threshold", action="store_true",
+                        help="choose the decision threshold again on the recipe's dev data, after shrinking")
     parser.add_argument("--storage", default=None, choices=["fp32", "fp16", "int8", "int8-emb4"],
                         help="weights storage of the output (default: the pipeline's)")
     args = parser.parse_args(argv)
@@ -32,7 +34,8 @@ def main(argv=None) -> int:
 
     recipe = read_recipe(args.recipe)
     label_map = recipe["data"].get("label_map")
-    records = load_split(recipe["data"]["train"], label_map) + load_split(recipe["data"]["dev"], label_map)
+    dev = load_split(recipe["data"]["dev"], label_map)
+    records = load_split(recipe["data"]["train"], label_map) + dev
     nlp = ner.load(args.pipeline)
     for _, component in nlp.pipeline:
         encoder = getattr(getattr(component, "model", None), "encoder", None)
@@ -47,6 +50,14 @@ def main(argv=None) -> int:
         if args.storage:
             component.cfg["storage"] = args.storage
         print(f"{component.name}: {before} → {len(tokenizer)} pieces")
+        if args.tune_threshold:
+            from ner.evaluation import threshold_scores
+
+            grid = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+            scores = threshold_scores(component, dev, grid)
+            component.cfg["threshold"] = max(grid, key=lambda t: scores[t].micro["f1"])
+            print("dev F1 by threshold: " + ", ".join(f"{t}: {100 * scores[t].micro['f1']:.2f}" for t in grid)
+                  + f"; chosen {component.cfg['threshold']}")
     export_pipeline(nlp, args.output)
     return 0
 
