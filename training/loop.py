@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ner.encoders import load_pretrained
 from ner.evaluation import best_threshold, evaluate
+from ner.loading import write_checksums
 from ner.training.batches import length_batches, make_segments
 
 
@@ -147,8 +148,6 @@ def export_pipeline(nlp, path) -> None:
         copy = fresh.get_pipe(name)
         copy.cfg, copy.spec, copy.model = dict(component.cfg), component.spec, component.model
     fresh.to_disk(path)
-    from ner.loading import write_checksums
-
     write_checksums(path)
 
 
@@ -208,4 +207,5 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
             export_pipeline(nlp, output)
             log(f"saved best so far to {output}")
         (output / "training.json").write_text(json.dumps({"recipe": recipe, "epochs": history}, indent=2))
+        write_checksums(output)  # training.json changes every epoch, the weights only when dev improves
     return {"best_dev_f1": best, "epochs": history, "output": str(output)}

@@ -58,6 +58,9 @@ def main(argv=None) -> int:
             component.cfg["threshold"] = max(grid, key=lambda t: scores[t].micro["f1"])
             print("dev F1 by threshold: " + ", ".join(f"{t}: {100 * scores[t].micro['f1']:.2f}" for t in grid)
                   + f"; chosen {component.cfg['threshold']}")
+    nlp.meta["license"] = recipe["pipeline"].get("license", nlp.meta.get("license", ""))
+    if label_map:
+        nlp.meta["label_map"] = dict(label_map)
     export_pipeline(nlp, args.output)
     return 0
 
