@@ -86,3 +86,43 @@ def test_en_finds_the_entity_at_the_end_of_a_document_longer_than_a_block(en):
         doc = component(doc)
     assert len(doc) > en.get_pipe("ner").spec.block_words and doc._.ner_windows["blocks"] >= 2
     assert entities(doc)[-2:] == [("Angela Merkel", "PER"), ("Paris", "LOC")]
+
+
+@pytest.fixture(scope="module")
+def biomedical():
+    return ner.load("biomedical")
+
+
+def test_biomedical_finds_chemicals_diseases_and_genes(biomedical):
+    doc = biomedical("Cisplatin-induced nephrotoxicity was attenuated by inhibition of p53.")
+    assert ("Cisplatin", "Chemical") in entities(doc) and ("nephrotoxicity", "Disease") in entities(doc)
+    assert ("p53", "Gene") in entities(doc)
+    found = entities(biomedical("Mutations in the CFTR gene cause cystic fibrosis."))
+    assert ("cystic fibrosis", "Disease") in found and any("CFTR" in text and label == "Gene" for text, label in found)
+
+
+def test_biomedical_scores_bc2gm_through_its_label_map(biomedical):
+    assert biomedical.meta["label_map"] == {"GENE": "Gene"}  # BC2GM's GENE is the pipeline's Gene
+
+
+@pytest.fixture(scope="module")
+def multilingual():
+    return ner.load("multilingual")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Gabriel García Márquez nació en Aracataca, Colombia.", [("Gabriel García Márquez", "PER"), ("Colombia", "LOC")]),
+    ("Angela Merkel traf Emmanuel Macron in Paris.", [("Angela Merkel", "PER"), ("Emmanuel Macron", "PER"), ("Paris", "LOC")]),
+    ("Rais Samia Suluhu Hassan alitembelea Nairobi jana.", [("Samia Suluhu Hassan", "PER"), ("Nairobi", "LOC")]),
+    ("Владимир Путин посетил Москву.", [("Владимир Путин", "PER"), ("Москву", "LOC")]),
+])
+def test_multilingual_finds_people_and_places_in_four_scripts_and_languages(multilingual, text, expected):
+    found = entities(multilingual(text))
+    assert all(entity in found for entity in expected), found
+
+
+def test_multilingual_stores_its_embeddings_at_4_bits():
+    import json
+
+    cfg = json.loads((PIPELINES / "multilingual" / "ner" / "cfg.json").read_text())
+    assert cfg["storage"] == "int8-emb4"
