@@ -27,7 +27,7 @@ def main(argv=None) -> int:
                                           "tagged or rejected with its line number and the reason; see docs/batch-tagging.md.")
     tag.add_argument("input", nargs="?", default="-", help="input file; - or nothing reads stdin")
     tag.add_argument("-o", "--output", default="-", help="output file; - or nothing writes stdout")
-    tag.add_argument("--pipeline", default="en", help="shipped pipeline name or directory")
+    tag.add_argument("--pipeline", default="en", help="shipped pipeline name or directory (ner.loading.DEFAULT_PIPELINE)")
     tag.add_argument("--input-format", choices=["txt", "jsonl", "conll"], default=None)
     tag.add_argument("--output-format", choices=["jsonl", "conll", "docbin"], default=None)
     tag.add_argument("--text-field", default="text")

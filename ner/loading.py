@@ -25,9 +25,14 @@ class PipelineError(ValueError):
     """A pipeline that cannot be found or loaded; the message names the file at fault."""
 
 
+DEFAULT_PIPELINE = "en"  # what `ner tag` and the demo use unless told otherwise
+
+
 def shipped_pipelines() -> list[str]:
+    """The shipped pipelines' names: the default one first, then the others by name."""
     root = resources.files("ner.pipelines")
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "config.cfg").is_file())
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "config.cfg").is_file())
+    return sorted(names, key=lambda name: name != DEFAULT_PIPELINE)
 
 
 def pipeline_path(name_or_path) -> Path:
