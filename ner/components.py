@@ -61,6 +61,9 @@ def make_span_ner(nlp, name, model: SpanModelSpec | BoundaryModelSpec, labels: l
 
 
 class SpanNER(Pipe):
+    specs = SPECS  # architecture name in cfg.json → spec class
+    default_architecture = "span"  # what a cfg.json without "architecture" holds
+
     def __init__(self, vocab, spec: SpanModelSpec | BoundaryModelSpec, name: str = "ner", *, labels=(), active_labels=None,
                  threshold=0.5, spans_key="ner", decoding="flat", batch_size=16, storage="fp32"):
         if decoding not in DECODERS:
@@ -171,12 +174,12 @@ class SpanNER(Pipe):
             saved = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as error:
             raise ValueError(f"{cfg_path} is not valid JSON: {error}") from None
-        architecture = saved.pop("architecture", "span")
-        if architecture not in SPECS:
-            raise ValueError(f"{cfg_path}: unknown architecture {architecture!r}; known: {sorted(SPECS)}")
-        self.spec = SPECS[architecture](**saved.pop("spec"))
+        architecture = saved.pop("architecture", self.default_architecture)
+        if architecture not in self.specs:
+            raise ValueError(f"{cfg_path}: unknown architecture {architecture!r}; known: {sorted(self.specs)}")
+        self.spec = self.specs[architecture](**saved.pop("spec"))
         self.cfg.update(saved)
-        transformer, tokenizer = load_from_directory(path / "encoder")
+        transformer, tokenizer = self.encoder_from_directory(path / "encoder")
         self.set_model(transformer, tokenizer)
         state = load_weights(path / "model.safetensors")
         missing, unexpected = self.model.load_state_dict(state, strict=False)
@@ -188,6 +191,11 @@ class SpanNER(Pipe):
             )
         self.model.eval()
         return self
+
+    @staticmethod
+    def encoder_from_directory(path):
+        """(transformer, tokenizer) of a saved encoder directory."""
+        return load_from_directory(path)
 
     def _require_model(self) -> None:
         if self.model is None:

@@ -17,14 +17,10 @@ A checkpoint saved by the ``gliner`` library loads into this component with
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 from spacy.language import Language
 
 from ner.components import SpanNER
-from ner.weights import load_weights
 from ner.zero_shot import PromptEncoder, ZeroShotSpec, add_prompt_tokens
 
 SPECS = {ZeroShotSpec.architecture: ZeroShotSpec}
@@ -53,6 +49,13 @@ def make_zero_shot(nlp, name, model: ZeroShotSpec, labels: list[str], threshold:
 class ZeroShotNER(SpanNER):
     """``SpanNER`` whose labels are an input, not an output layer: ``labels`` in the
     config are only the default for calls that name none."""
+
+    specs = SPECS
+    default_architecture = None  # a zero-shot cfg.json always names its architecture
+
+    @staticmethod
+    def encoder_from_directory(path):
+        return encoder_from_directory(path)
 
     def __init__(self, vocab, spec: ZeroShotSpec, name: str = "zero_shot", *, labels=(), threshold=0.5,
                  spans_key="ner", decoding="flat", batch_size=16, storage="fp32"):
@@ -121,31 +124,6 @@ class ZeroShotNER(SpanNER):
         for doc, index, doc_probs, windows, blocks in zip(docs, tokens, probs, n_windows, n_blocks):
             found = self.model.decode(doc_probs, names, threshold, decoding) if index else []
             self.set_annotations(doc, index, found, windows, blocks)
-
-    def from_disk(self, path, *, exclude=tuple()):
-        path = Path(path)
-        cfg_path = path / "cfg.json"
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"pipeline component file missing: {cfg_path}")
-        try:
-            saved = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{cfg_path} is not valid JSON: {error}") from None
-        architecture = saved.pop("architecture", None)
-        if architecture not in SPECS:
-            raise ValueError(f"{cfg_path}: unknown architecture {architecture!r}; known: {sorted(SPECS)}")
-        self.spec = SPECS[architecture](**saved.pop("spec"))
-        self.cfg.update(saved)
-        transformer, tokenizer = encoder_from_directory(path / "encoder")
-        self.set_model(transformer, tokenizer)
-        state = load_weights(path / "model.safetensors")
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        missing = [name for name in missing if not name.endswith("position_ids")]
-        if missing or unexpected:
-            raise ValueError(f"{path / 'model.safetensors'} does not match the model: "
-                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-        self.model.eval()
-        return self
 
 
 def set_default_labels(nlp, labels, threshold: float | None = None) -> int:

@@ -38,6 +38,29 @@ def tiny_encoder_parts():
     return tiny_transformer(len(tokenizer)), tokenizer
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, above all on a machine busy with training
+    (a module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    """The suite's own span component on a tiny random encoder, saved to disk (untrained:
+    its entities are arbitrary, but it runs the whole torch path). A module may define
+    its own ``pipeline_dir`` (a trained one) instead."""
+    from test_span_ner import TestEnglishContract
+
+    nlp, _ = TestEnglishContract().build()
+    path = tmp_path_factory.mktemp("pipeline") / "tiny"
+    nlp.to_disk(path)
+    return path
+
+
 def _shared_data_available() -> bool:
     try:
         return find_data_root().is_dir()

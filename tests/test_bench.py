@@ -13,7 +13,6 @@ import torch
 
 from ner.cli import main
 
-import test_span_ner  # the module, not the class: importing the class would collect its test here again
 
 SENTENCES = [
     [("Angela", "B-PER"), ("Merkel", "I-PER"), ("met", "O"), ("Tim", "B-PER"), ("Cook", "I-PER"), ("in", "O"),
@@ -22,14 +21,6 @@ SENTENCES = [
     [("the", "O"), ("New", "B-ORG"), ("York", "I-ORG"), ("Times", "I-ORG"), ("said", "O"), ("Barack", "B-PER"),
      ("Obama", "I-PER"), ("visited", "O"), ("France", "B-LOC")],
 ]
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    nlp, _ = test_span_ner.TestEnglishContract().build()
-    path = tmp_path_factory.mktemp("pipeline") / "tiny"
-    nlp.to_disk(path)
-    return path
 
 
 @pytest.fixture(scope="module")

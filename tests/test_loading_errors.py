@@ -9,28 +9,16 @@ import ner
 from ner.cli import main
 from ner.loading import CHECKSUMS, PipelineError, pipeline_path, verify_checksums, write_checksums
 
-from test_span_ner import TestEnglishContract as EnglishContract  # renamed: not collected here
-
-
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    nlp, _ = EnglishContract().build()
-    path = tmp_path_factory.mktemp("pipeline") / "tiny"
-    nlp.to_disk(path)
-    return path
-
 
 @pytest.fixture
-def copy(saved, tmp_path):
+def copy(pipeline_dir, tmp_path):
     path = tmp_path / "copy"
-    shutil.copytree(saved, path)
+    shutil.copytree(pipeline_dir, path)
     return path
 
 
 def truncate(path, keep=100):
     path.write_bytes(path.read_bytes()[:keep])
-
-
 def flip_last_byte(path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF

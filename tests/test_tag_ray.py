@@ -10,16 +10,6 @@ ray = pytest.importorskip("ray")
 
 from ner.cli import main  # noqa: E402
 
-from test_span_ner import TestEnglishContract as EnglishContract  # noqa: E402  renamed: not collected here
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    nlp, _ = EnglishContract().build()
-    path = tmp_path_factory.mktemp("pipeline") / "tiny"
-    nlp.to_disk(path)
-    return path
-
 
 def input_lines():
     words = ["Angela Merkel", "met", "Tim Cook", "in", "Berlin", "😀", "Paris", "."]

@@ -20,8 +20,6 @@ from hypothesis import strategies as st
 from ner.cli import main
 from ner.tag_job import JobError, Limits, TagJob, numbered_lines, parse_line, run_local
 
-from test_span_ner import TestEnglishContract as EnglishContract  # renamed: not collected here
-
 PATTERNS = [{"label": "PER", "pattern": "Angela Merkel"}, {"label": "PER", "pattern": "Tim Cook"},
             {"label": "LOC", "pattern": "Berlin"}, {"label": "LOC", "pattern": "Paris"}]
 
@@ -33,16 +31,6 @@ def ruler_dir(tmp_path_factory):
     nlp = spacy.blank("en")
     nlp.add_pipe("entity_ruler").add_patterns(PATTERNS)
     path = tmp_path_factory.mktemp("pipeline") / "ruler"
-    nlp.to_disk(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    """The suite's own span component on a tiny random encoder (untrained: its
-    entities are arbitrary, but it runs the whole torch path)."""
-    nlp, _ = EnglishContract().build()
-    path = tmp_path_factory.mktemp("pipeline") / "tiny"
     nlp.to_disk(path)
     return path
 

@@ -18,12 +18,7 @@ TEXTS = ["Angela Merkel met Tim Cook in Berlin .", "Apple and Google visited Par
          "the New York Times said Barack Obama visited France"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -80,13 +80,13 @@ def make_segments(record: Record, count_pieces, budget: int) -> list[Segment]:
     return out
 
 
-def length_batches(segments: list[Segment], batch_words: int, rng: random.Random):
+def length_batches(segments: list, batch_words: int, rng: random.Random, cost=lambda segment: len(segment.words)):
     """Batches of similar-length segments, about ``batch_words`` words (padding
-    included) each, in random order."""
-    order = sorted(range(len(segments)), key=lambda i: (len(segments[i].words), rng.random()))
+    included) each, in random order; ``cost`` is a segment's length in words."""
+    order = sorted(range(len(segments)), key=lambda i: (cost(segments[i]), rng.random()))
     batches, current, longest = [], [], 0
     for i in order:
-        n = len(segments[i].words)
+        n = cost(segments[i])
         if current and max(longest, n) * (len(current) + 1) > batch_words:
             batches.append(current)
             current, longest = [], 0

@@ -202,10 +202,11 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
                  "seconds": round(time.time() - started, 1)}
         history.append(entry)
         log(json.dumps(entry))
+        (output / "training.json").write_text(json.dumps({"recipe": recipe, "epochs": history}, indent=2))
         if scores["f1"] > best:
             best = scores["f1"]
-            export_pipeline(nlp, output)
+            export_pipeline(nlp, output)  # writes the checksums, training.json's included
             log(f"saved best so far to {output}")
-        (output / "training.json").write_text(json.dumps({"recipe": recipe, "epochs": history}, indent=2))
-        write_checksums(output)  # training.json changes every epoch, the weights only when dev improves
+        else:
+            write_checksums(output)  # training.json changed, the weights did not
     return {"best_dev_f1": best, "epochs": history, "output": str(output)}

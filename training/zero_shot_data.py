@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ner.spans import Record
-from ner.training.batches import make_segments, safe_cuts
+from ner.training.batches import length_batches, make_segments, safe_cuts
 
 
 @dataclass
@@ -208,20 +208,7 @@ def epoch_plan(examples: list[Example], sampler: LabelSampler, weights: dict[str
         whole, part = int(weight), weight - int(weight)
         chosen += group * whole + rng.sample(group, round(part * len(group)))
     items = [Item(e.words, e.spans, sampler.labels_for(e, rng)) for e in chosen]
-    cost = lambda item: len(item.words) + 2 * len(item.labels)
-    order = sorted(range(len(items)), key=lambda i: (cost(items[i]), rng.random()))
-    batches, current, longest = [], [], 0
-    for i in order:
-        n = cost(items[i])
-        if current and max(longest, n) * (len(current) + 1) > batch_words:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(items[i])
-        longest = max(longest, n)
-    if current:
-        batches.append(current)
-    rng.shuffle(batches)
-    return batches
+    return length_batches(items, batch_words, rng, cost=lambda item: len(item.words) + 2 * len(item.labels))
 
 
 def dev_items(examples: list[Example], sampler: LabelSampler, seed: int) -> list[Item]:

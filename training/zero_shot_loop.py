@@ -303,16 +303,25 @@ def zero_shot_report(pipeline_path, heldout: list[Source], limit=None, log=print
 
     nlp = spacy.load(pipeline_path)
     component = nlp.get_pipe("zero_shot")
-    tuned = component.cfg["threshold"]
+    score = lambda records, labels, thresholds: held_out_scores(component, records, labels, thresholds=thresholds)
+    report = held_out_report(score, component.cfg["threshold"], heldout, pipeline_path, limit, log)
+    log(f"held-out average F1 {100 * report['at_threshold']['average_f1']:.2f}")
+    return report
+
+
+def held_out_report(score, tuned: float, heldout: list[Source], directory, limit=None, log=print, name="") -> dict:
+    """Scores on each held-out dataset at the dev-tuned threshold and at 0.5, from
+    ``score(records, labels, thresholds) → {threshold: Scores}``; written to
+    ``zero_shot.json`` in ``directory``."""
     at_tuned, at_half = {}, {}
     for source in heldout:
         records, labels = held_out_records(source, limit)
-        scores = held_out_scores(component, records, labels, thresholds=sorted({tuned, 0.5}))
+        scores = score(records, labels, sorted({tuned, 0.5}))
         at_tuned[source.name], at_half[source.name] = scores[tuned], scores[0.5]
-        log(f"{source.name}: F1 {100 * scores[tuned].micro['f1']:.2f} at {tuned}, {100 * scores[0.5].micro['f1']:.2f} at 0.5")
+        log(f"{name}{source.name}: F1 {100 * scores[tuned].micro['f1']:.2f} at {tuned}, "
+            f"{100 * scores[0.5].micro['f1']:.2f} at 0.5")
     report = {"threshold": tuned, "at_threshold": summarise(at_tuned), "at_0.5": summarise(at_half)}
-    Path(pipeline_path, "zero_shot.json").write_text(json.dumps(report, indent=2))
-    log(f"held-out average F1 {100 * report['at_threshold']['average_f1']:.2f}")
+    Path(directory, "zero_shot.json").write_text(json.dumps(report, indent=2))
     return report
 
 

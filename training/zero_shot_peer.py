@@ -31,12 +31,11 @@ from ner.training.loop import linear_schedule, read_recipe
 from ner.training.zero_shot_data import Item, dev_items, epoch_plan
 from ner.training.zero_shot_loop import (
     THRESHOLDS,
-    held_out_records,
+    held_out_report,
     make_sampler,
     prepare_mixture,
     pretrained_encoder,
     prompt_fits,
-    summarise,
 )
 
 
@@ -219,16 +218,8 @@ def peer_report(model_dir, heldout, limit=None, log=print) -> dict:
     gliner = GLiNER.from_pretrained(str(model_dir), local_files_only=True, load_tokenizer=True)
     gliner.data_processor.words_splitter = SpaceSplitter()
     tuned = json.loads((Path(model_dir) / "threshold.json").read_text())["threshold"]
-    at_tuned, at_half = {}, {}
-    for source in heldout:
-        records, labels = held_out_records(source, limit)
-        scores = peer_held_out_scores(gliner, records, labels, sorted({tuned, 0.5}))
-        at_tuned[source.name], at_half[source.name] = scores[tuned], scores[0.5]
-        log(f"peer {source.name}: F1 {100 * scores[tuned].micro['f1']:.2f} at {tuned}, "
-            f"{100 * scores[0.5].micro['f1']:.2f} at 0.5")
-    report = {"threshold": tuned, "at_threshold": summarise(at_tuned), "at_0.5": summarise(at_half)}
-    Path(model_dir, "zero_shot.json").write_text(json.dumps(report, indent=2))
-    return report
+    score = lambda records, labels, thresholds: peer_held_out_scores(gliner, records, labels, thresholds)
+    return held_out_report(score, tuned, heldout, model_dir, limit, log, name="peer ")
 
 
 def main(argv=None) -> int:
