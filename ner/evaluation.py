@@ -8,7 +8,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from spacy.tokens import Doc
 
 from ner.spans import Record, char_spans_to_word_spans
 
@@ -52,8 +51,10 @@ class Scores:
         return "\n".join(rows)
 
 
-def record_to_doc(vocab, record: Record) -> Doc:
+def record_to_doc(vocab, record: Record):
     """A pre-tokenised Doc whose tokens are exactly the record's words."""
+    from spacy.tokens import Doc
+
     words = record.words
     spaces = [
         end < (record.tokens[i + 1][0] if i + 1 < len(record.tokens) else end)
@@ -117,18 +118,24 @@ def threshold_scores(component, records, thresholds, *, batch_size: int = 8) -> 
     """Scores of a span component at several decoding thresholds from a single prediction
     pass over pre-tokenised records (for choosing the threshold on dev data). A record
     whose ``labels`` are set (the types its dataset annotates) is decoded over those only."""
+    items = [(r.words, char_spans_to_word_spans(r.tokens, r.spans), getattr(r, "labels", None)) for r in records]
+    return model_threshold_scores(component.model, items, thresholds, component.cfg["decoding"], batch_size=batch_size)
+
+
+def model_threshold_scores(model, items, thresholds, decoding: str = "flat", *, batch_size: int = 8) -> dict[float, Scores]:
+    """``threshold_scores`` for a bare span model (no spaCy) over ``(words, gold word
+    spans, annotated labels or None)`` items."""
     scores = {t: Scores() for t in thresholds}
-    records = sorted(records, key=lambda r: len(r.tokens))
-    component.model.eval()
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
+    items = sorted(items, key=lambda item: len(item[0]))
+    model.eval()
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
         with torch.inference_mode():
-            probs, _, _ = component.model.predict([r.words for r in chunk])
-        for record, doc_probs in zip(chunk, probs):
-            gold = char_spans_to_word_spans(record.tokens, record.spans)
-            allowed = getattr(record, "labels", None)
+            probs, _, _ = model.predict([words for words, _, _ in chunk])
+        for (_, gold, allowed), doc_probs in zip(chunk, probs):
+            gold = [tuple(span) for span in gold]
             for t in thresholds:
-                found = component.model.decode(doc_probs, t, component.cfg["decoding"], allowed)
+                found = model.decode(doc_probs, t, decoding, allowed)
                 scores[t].add(gold, [(s, e, l) for s, e, l, _ in found])
     return scores
 

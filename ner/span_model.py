@@ -103,7 +103,7 @@ class SpanModel(nn.Module):
         sequence, and the number of windows each sequence needed."""
         logits, mask, n_windows = self(batch)
         probs = torch.sigmoid(logits.float()) * mask[..., None]
-        return [probs[i, : len(words)].numpy() for i, words in enumerate(batch)], n_windows
+        return [probs[i, : len(words)].cpu().numpy() for i, words in enumerate(batch)], n_windows
 
     @torch.no_grad()
     def predict(self, batch: list[list[str]]):
@@ -119,7 +119,9 @@ class SpanModel(nn.Module):
     def loss(self, batch: list[list[str]], batch_spans, label_mask=None) -> torch.Tensor:
         logits, mask, _ = self(batch)
         targets = span_targets(batch_spans, logits.shape[1], self.spec.max_width, self.labels)
-        return span_loss(logits, targets, mask, label_mask)
+        if label_mask is not None:
+            label_mask = label_mask.to(logits.device)
+        return span_loss(logits, targets.to(logits.device), mask, label_mask)
 
     def learnable(self, start: int, end: int) -> bool:
         return end - start <= self.spec.max_width

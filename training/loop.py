@@ -14,14 +14,13 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
-import spacy
 import torch
 from tqdm import tqdm
 
-from ner.encoders import load_pretrained
 from ner.evaluation import best_threshold, evaluate
-from ner.loading import write_checksums
 from ner.training.batches import length_batches, make_segments
+
+DEV_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the decoding threshold is chosen on dev
 
 
 def read_recipe(path) -> dict:
@@ -38,12 +37,14 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
 
     records = []
     for name in names:
-        dataset, split, *cap = name.split(":")  # "dataset:split" or "dataset:split:N" (first N)
-        cap = int(cap[0]) if cap else None
+        dataset, split, *cap = name.split(":")  # "dataset:split", "dataset:split:N" (first N) or ":A-B"
+        first, cap = (int(x) for x in cap[0].split("-")) if cap and "-" in cap[0] else (0, int(cap[0]) if cap else None)
         annotated = [label_map.get(l, l) for l in dataset_info(dataset)["labels"]] if label_map else dataset_info(dataset)["labels"]
         for i, record in enumerate(load_dataset(dataset, split)):
-            if (limit is not None and i >= limit) or (cap is not None and i >= cap):
+            if (limit is not None and i - first >= limit) or (cap is not None and i >= cap):
                 break
+            if i < first:
+                continue
             if label_map:
                 record.spans = [type(s)(s.start, s.end, label_map.get(s.label, s.label)) for s in record.spans]
             record.labels = annotated  # the types its dataset annotates: loss masking, decoding
@@ -79,7 +80,18 @@ def vocabulary_pieces(tokenizer, records, extra: int = 0, most_frequent: int | N
 
 
 def build_pipeline(recipe: dict, train_records, dev_records):
-    pipeline, model, encoder = recipe["pipeline"], recipe["model"], recipe["encoder"]
+    import spacy
+
+    from ner.encoders import load_pretrained
+
+    pipeline, model, encoder = recipe["pipeline"], recipe.get("model", {}), recipe["encoder"]
+    if encoder.get("init"):  # go on training a trained pipeline: its encoder, vocabulary and head
+        nlp = spacy.load(encoder["init"])
+        ner = nlp.get_pipe("ner")
+        if list(ner.cfg["labels"]) != list(pipeline["labels"]):
+            raise ValueError(f"{encoder['init']} has labels {ner.cfg['labels']}, the recipe {pipeline['labels']}")
+        nlp.meta["sources"] = nlp.meta.get("sources", []) + [{"name": n} for n in recipe["data"]["train"]]
+        return nlp, ner
     nlp = spacy.blank(pipeline.get("lang", "xx"))
     if pipeline.get("attached_prefixes"):  # e.g. "#": #hashtags stay one word, as in tweet data
         from spacy.util import compile_prefix_regex
@@ -103,7 +115,8 @@ def build_pipeline(recipe: dict, train_records, dev_records):
     if encoder.get("trim_vocabulary"):
         from ner.e5_converter import trim_vocabulary
 
-        keep = vocabulary_pieces(tokenizer, train_records + dev_records, encoder.get("extra_pieces", 0))
+        keep = vocabulary_pieces(tokenizer, train_records + dev_records, encoder.get("extra_pieces", 0),
+                                 encoder.get("most_frequent"))
         transformer, tokenizer = trim_vocabulary(transformer, tokenizer, keep)
     if encoder.get("layers"):
         transformer.encoder.layer = transformer.encoder.layer[: encoder["layers"]]
@@ -128,6 +141,20 @@ def linear_schedule(optimizer, total_steps: int, warmup_steps: int):
         (step + 1) / max(warmup_steps, 1), max(0.0, (total_steps - step) / max(total_steps - warmup_steps, 1))))
 
 
+def make_optimizer(model, settings: dict, total_steps: int):
+    """AdamW with the encoder's and the head's learning rates, and its linear schedule.
+    ``freeze_embeddings`` leaves the (vocabulary-sized) word-embedding table as it is."""
+    if settings.get("freeze_embeddings"):
+        model.encoder.transformer.get_input_embeddings().weight.requires_grad_(False)
+    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": encoder_params, "lr": settings.get("learning_rate", 1e-4)},
+        {"params": list(model.head.parameters()), "lr": settings.get("head_learning_rate", 1e-3)},
+    ], weight_decay=settings.get("weight_decay", 0.01))
+    schedule = linear_schedule(optimizer, total_steps, int(total_steps * settings.get("warmup", 0.1)))
+    return optimizer, schedule
+
+
 def optimizer_step(model, optimizer, schedule, loss) -> float:
     """Back-propagate, clip gradients to norm 1, step the optimiser and the schedule."""
     optimizer.zero_grad()
@@ -141,6 +168,8 @@ def optimizer_step(model, optimizer, schedule, loss) -> float:
 def export_pipeline(nlp, path) -> None:
     """Save ``nlp`` through a fresh Language built from its config, so the strings that
     evaluation added to the vocabulary are not shipped."""
+    from ner.loading import write_checksums
+
     fresh = type(nlp).from_config(nlp.config)
     fresh.meta.update(nlp.meta)
     fresh.tokenizer.from_bytes(nlp.tokenizer.to_bytes(exclude=["vocab"]), exclude=["vocab"])
@@ -149,6 +178,21 @@ def export_pipeline(nlp, path) -> None:
         copy.cfg, copy.spec, copy.model = dict(component.cfg), component.spec, component.model
     fresh.to_disk(path)
     write_checksums(path)
+
+
+def train_epoch(model, batches, optimizer, schedule, *, desc: str = "", precision=None) -> float:
+    """One pass over ``batches``; the mean loss. ``precision`` (e.g. ``torch.bfloat16`` on
+    a GPU) runs the forward pass under autocast."""
+    model.train()
+    device_type = next(model.parameters()).device.type
+    running = 0.0
+    bar = tqdm(batches, desc=desc, unit="batch", mininterval=10)
+    for step, batch in enumerate(bar, 1):
+        with torch.autocast(device_type, dtype=precision, enabled=precision is not None):
+            loss = batch_loss(model, batch)
+        running += optimizer_step(model, optimizer, schedule, loss)
+        bar.set_postfix(loss=f"{running / step:.4f}")
+    return running / max(len(batches), 1)
 
 
 def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> dict:
@@ -172,32 +216,21 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
     epochs = epochs or settings.get("epochs", 3)
     rng = random.Random(seed)
     steps_per_epoch = len(length_batches(segments, settings.get("batch_words", 1500), random.Random(seed)))
-    total = steps_per_epoch * epochs
-    head_params = list(model.head.parameters())
-    optimizer = torch.optim.AdamW([
-        {"params": list(model.encoder.parameters()), "lr": settings.get("learning_rate", 1e-4)},
-        {"params": head_params, "lr": settings.get("head_learning_rate", 1e-3)},
-    ], weight_decay=settings.get("weight_decay", 0.01))
-    warmup = int(total * settings.get("warmup", 0.1))
-    schedule = linear_schedule(optimizer, total, warmup)
+    optimizer, schedule = make_optimizer(model, settings, steps_per_epoch * epochs)
     output = Path(output or recipe["output"]["path"])
     output.mkdir(parents=True, exist_ok=True)
     history, best = [], -1.0
     for epoch in range(1, epochs + 1):
-        model.train()
-        started, running = time.time(), 0.0
+        started = time.time()
         batches = length_batches(segments, settings.get("batch_words", 1500), rng)
-        bar = tqdm(batches, desc=f"epoch {epoch}/{epochs}", unit="batch", mininterval=10)
-        for step, batch in enumerate(bar, 1):
-            running += optimizer_step(model, optimizer, schedule, batch_loss(model, batch))
-            bar.set_postfix(loss=f"{running / step:.4f}")
+        loss = train_epoch(model, batches, optimizer, schedule, desc=f"epoch {epoch}/{epochs}")
         if settings.get("tune_threshold", True):
-            threshold, dev_scores = best_threshold(ner, dev_records, thresholds=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8))
+            threshold, dev_scores = best_threshold(ner, dev_records, thresholds=DEV_THRESHOLDS)
             ner.cfg["threshold"] = threshold
         else:
             threshold, dev_scores = ner.cfg["threshold"], evaluate(nlp, dev_records)
         scores = dev_scores.micro
-        entry = {"epoch": epoch, "loss": running / max(len(batches), 1), "dev_f1": scores["f1"],
+        entry = {"epoch": epoch, "loss": loss, "dev_f1": scores["f1"],
                  "dev_precision": scores["precision"], "dev_recall": scores["recall"], "threshold": threshold,
                  "seconds": round(time.time() - started, 1)}
         history.append(entry)
@@ -208,5 +241,7 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
             export_pipeline(nlp, output)  # writes the checksums, training.json's included
             log(f"saved best so far to {output}")
         else:
+            from ner.loading import write_checksums
+
             write_checksums(output)  # training.json changed, the weights did not
     return {"best_dev_f1": best, "epochs": history, "output": str(output)}

@@ -1,0 +1,108 @@
+"""The span training loop's recipe options on a tiny random encoder: train-set slices,
+going on from a trained pipeline, a frozen embedding table, and a job packed to train
+where spaCy is absent (a lent GPU machine) coming back as the same pipeline."""
+import json
+
+import pytest
+import spacy
+import torch
+
+from conftest import needs_data, tiny_tokenizer, tiny_transformer
+from ner.training.loop import load_split, make_optimizer, train
+
+pytestmark = [needs_data, pytest.mark.usefixtures("one_thread")]
+
+EMBEDDINGS = "encoder.transformer.embeddings.word_embeddings.weight"
+
+
+def write_recipe(tmp_path, name="tiny", *, encoder=None, init=None, training="", output=None) -> str:
+    encoder_section = f'init = "{init}"' if init else f'name = "{encoder}"'
+    recipe = f"""
+[pipeline]
+name = "{name}"
+lang = "en"
+labels = ["PER", "ORG", "LOC", "MISC"]
+[data]
+train = ["conll2003_en:train:2-8"]
+dev = ["conll2003_en:dev:3"]
+test = ["conll2003_en:test:3"]
+[encoder]
+{encoder_section}
+[model]
+max_width = 4
+hidden_size = 32
+window = 48
+stride = 24
+[training]
+epochs = 1
+segment_subwords = 40
+batch_words = 200
+{training}
+[output]
+path = "{output or tmp_path / name}"
+"""
+    path = tmp_path / f"{name}.toml"
+    path.write_text(recipe)
+    return path
+
+
+@pytest.fixture
+def tiny_encoder_dir(tmp_path):
+    tokenizer = tiny_tokenizer()
+    tiny_transformer(len(tokenizer)).save_pretrained(tmp_path / "encoder")
+    tokenizer.save_pretrained(tmp_path / "encoder")
+    return tmp_path / "encoder"
+
+
+def test_a_train_split_slice_takes_records_a_to_b():
+    whole = load_split(["conll2003_en:train:8"])
+    assert [r.text for r in load_split(["conll2003_en:train:2-8"])] == [r.text for r in whole[2:8]]
+    assert [r.text for r in load_split(["conll2003_en:train:2-8"], limit=3)] == [r.text for r in whole[2:5]]
+
+
+def test_frozen_embeddings_are_left_out_of_the_optimiser(tiny_encoder_parts):
+    from ner.encoders import WordEncoder
+    from ner.span_model import SpanModelSpec
+
+    transformer, tokenizer = tiny_encoder_parts
+    model = SpanModelSpec(max_width=3, hidden_size=16).build(WordEncoder(transformer, tokenizer, 32, 16), ["PER"])
+    optimizer, _ = make_optimizer(model, {"freeze_embeddings": True}, total_steps=4)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(transformer.get_input_embeddings().weight) not in trained
+    assert id(transformer.encoder.layer[0].attention.self.query.weight) in trained
+
+
+def test_training_goes_on_from_a_trained_pipeline_with_its_vocabulary(tmp_path, tiny_encoder_dir):
+    first = train(write_recipe(tmp_path, "first", encoder=tiny_encoder_dir), log=lambda *a: None)
+    before = spacy.load(first["output"]).get_pipe("ner").model.state_dict()
+    second = train(write_recipe(tmp_path, "second", init=first["output"],
+                                training="freeze_embeddings = true\nlearning_rate = 1e-2"), log=lambda *a: None)
+    after = spacy.load(second["output"]).get_pipe("ner").model.state_dict()
+    assert torch.equal(before[EMBEDDINGS], after[EMBEDDINGS])  # frozen, and the same vocabulary
+    changed = [k for k in before if k != EMBEDDINGS and before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+    assert changed  # the body and head did train
+    with pytest.raises(ValueError, match="labels"):
+        recipe = write_recipe(tmp_path, "third", init=first["output"])
+        recipe.write_text(recipe.read_text().replace('"MISC"]', '"MISC", "DATE"]'))
+        train(recipe, log=lambda *a: None)
+
+
+def test_a_packed_job_trains_without_spacy_and_unpacks_to_the_pipeline_it_scored(tmp_path, tiny_encoder_dir):
+    from ner.evaluation import threshold_scores
+    from ner.training.loop import load_split
+    from ner.training.packed import pack, run, unpack
+
+    recipe = write_recipe(tmp_path, "packed", encoder=tiny_encoder_dir, training='learning_rate = 1e-3')
+    job = pack(recipe, tmp_path / "jobs" / "packed", log=lambda *a: None)
+    assert len(list((tmp_path / "jobs").glob("body-*.safetensors"))) == 1  # shared by jobs of one encoder
+    result = run(job, tmp_path / "result", device="cpu", epochs=2, log=lambda *a: None)
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+    assert set(result["test"]) == {"conll2003_en:test:3"}
+    pipeline = unpack(job, tmp_path / "result", tmp_path / "pipeline", log=lambda *a: None)
+    nlp = spacy.load(pipeline)
+    component = nlp.get_pipe("ner")
+    assert component.cfg["threshold"] == result["threshold"]
+    test = load_split(["conll2003_en:test:3"])
+    scores = threshold_scores(component, test, [result["threshold"]])[result["threshold"]]
+    assert scores.micro["f1"] == pytest.approx(result["test"]["conll2003_en:test:3"]["f1"])
+    assert json.loads((pipeline / "training.json").read_text())["packed_run"]["device"] == "cpu"
