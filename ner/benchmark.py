@@ -145,7 +145,7 @@ def pipeline_candidate(pipeline: str, backend: str, *, data: str, batch_size: in
     component = span_component(nlp)
     if getattr(component.model, "backend", "torch") != "torch":
         # the pipeline is configured to load on another backend: start from the fp32 reference
-        nlp = ner.load(pipeline, config={"components": {component.name: {"backend": "torch"}}})
+        nlp = ner.load(pipeline, backend="torch")
         component = span_component(nlp)
     note = ""
     if block_sparsity:

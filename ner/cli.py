@@ -63,6 +63,9 @@ def main(argv=None) -> int:
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--limit", type=int, default=None)
     evaluate.add_argument("--json", dest="json_path", default=None, help="also write the scores as JSON")
+    evaluate.add_argument("--backend", default=None,
+                          help="inference backend (torch, torch-int8, onnxruntime[-int8], ner-kernels[-int8]); "
+                               "default: the one the pipeline's config names")
     evaluate.add_argument("--labels", default=None,
                           help="comma-separated labels to predict (default: the dataset's own, when DATA names one)")
 
@@ -143,7 +146,7 @@ def run_evaluate(args) -> int:
     import ner
     from ner.evaluation import evaluate
 
-    nlp = ner.load(args.pipeline)
+    nlp = ner.load(args.pipeline, backend=args.backend)
     label_map = nlp.meta.get("label_map") or {}  # dataset label → pipeline label, e.g. GENE → Gene
     sources = _evaluation_sources(args.data)
     results = {}
@@ -160,7 +163,8 @@ def run_evaluate(args) -> int:
         print(scores.table())
         print(f"{n_words} words in {seconds:.1f} s: {n_words / seconds:.0f} words/s")
         results[source] = {"micro": scores.micro, "per_label": scores.per_label, "words": n_words, "seconds": seconds}
-    summary = {"pipeline": args.pipeline, "data": sources, "results": results}
+    backends = sorted({getattr(getattr(c, "model", None), "backend", "torch") for _, c in nlp.pipeline if hasattr(c, "model")})
+    summary = {"pipeline": args.pipeline, "backend": ",".join(backends) or "torch", "data": sources, "results": results}
     if len(sources) > 1:
         f1s = [r["micro"]["f1"] for r in results.values()]
         summary["average_f1"] = sum(f1s) / len(f1s)
@@ -170,7 +174,7 @@ def run_evaluate(args) -> int:
         print(f"{'average of ' + str(len(f1s)):<28} {100 * summary['average_f1']:7.2f}")
     if args.json_path:
         if len(sources) == 1:  # one dataset: the flat form earlier versions wrote
-            summary = {**results[sources[0]], "pipeline": args.pipeline, "data": sources[0]}
+            summary = {**results[sources[0]], "pipeline": args.pipeline, "backend": summary["backend"], "data": sources[0]}
         with open(args.json_path, "w") as handle:
             json.dump(summary, handle, indent=2)
     return 0

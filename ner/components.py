@@ -51,13 +51,14 @@ stride = 128
         "decoding": "flat",
         "batch_size": 16,
         "storage": "fp32",
+        "backend": "torch",
     },
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
 )
 def make_span_ner(nlp, name, model: SpanModelSpec | BoundaryModelSpec, labels: list[str], active_labels: list[str] | None,
-                  threshold: float, spans_key: str, decoding: str, batch_size: int, storage: str):
+                  threshold: float, spans_key: str, decoding: str, batch_size: int, storage: str, backend: str = "torch"):
     return SpanNER(nlp.vocab, model, name, labels=labels, active_labels=active_labels, threshold=threshold,
-                   spans_key=spans_key, decoding=decoding, batch_size=batch_size, storage=storage)
+                   spans_key=spans_key, decoding=decoding, batch_size=batch_size, storage=storage, backend=backend)
 
 
 class SpanNER(Pipe):
@@ -65,7 +66,7 @@ class SpanNER(Pipe):
     default_architecture = "span"  # what a cfg.json without "architecture" holds
 
     def __init__(self, vocab, spec: SpanModelSpec | BoundaryModelSpec, name: str = "ner", *, labels=(), active_labels=None,
-                 threshold=0.5, spans_key="ner", decoding="flat", batch_size=16, storage="fp32"):
+                 threshold=0.5, spans_key="ner", decoding="flat", batch_size=16, storage="fp32", backend="torch"):
         if decoding not in DECODERS:
             raise ValueError(f"decoding must be one of {sorted(DECODERS)}, got {decoding!r}")
         install_extensions()
@@ -76,6 +77,9 @@ class SpanNER(Pipe):
         # a pipeline trained on several label schemes predicts one scheme by default.
         self.cfg = {"labels": list(labels), "active_labels": active_labels, "threshold": threshold, "spans_key": spans_key,
                     "decoding": decoding, "batch_size": batch_size, "storage": storage}
+        # backend: what the model runs on once loaded (kernels.BACKENDS); it lives in the
+        # pipeline's config.cfg, not in cfg.json, so spacy.load's config overrides choose it.
+        self.backend = backend
         self.model = None  # built by initialize, set_model or from_disk
 
     @property
@@ -153,6 +157,9 @@ class SpanNER(Pipe):
 
     def to_disk(self, path, *, exclude=tuple()) -> None:
         self._require_model()
+        if getattr(self.model, "backend", "torch") != "torch":
+            raise ValueError(f"component {self.name!r} runs on backend {self.model.backend!r}; save it from a model "
+                             "loaded on the torch backend")
         path = Path(path)
         (path / "encoder").mkdir(parents=True, exist_ok=True)
         self.model.encoder.transformer.config.save_pretrained(path / "encoder")
@@ -178,6 +185,7 @@ class SpanNER(Pipe):
         if architecture not in self.specs:
             raise ValueError(f"{cfg_path}: unknown architecture {architecture!r}; known: {sorted(self.specs)}")
         self.spec = self.specs[architecture](**saved.pop("spec"))
+        saved.pop("backend", None)
         self.cfg.update(saved)
         transformer, tokenizer = self.encoder_from_directory(path / "encoder")
         self.set_model(transformer, tokenizer)
@@ -190,6 +198,10 @@ class SpanNER(Pipe):
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
         self.model.eval()
+        if self.backend != "torch":
+            from ner.kernels import apply_backend
+
+            apply_backend(self.model, self.backend)
         return self
 
     @staticmethod

@@ -47,11 +47,26 @@ def pipeline_path(name_or_path) -> Path:
     )
 
 
-def load(name_or_path="en", **options) -> spacy.language.Language:
+SPAN_FACTORIES = ("span_ner",)  # the components with a backend setting
+
+
+def load(name_or_path="en", *, backend: str | None = None, **options) -> spacy.language.Language:
     """The pipeline ``name_or_path`` (e.g. "en", "biomedical") as a spaCy Language.
     Nothing is fetched from a network. Checksums are verified when the directory has
-    them; a damaged directory raises ``PipelineError`` naming the file."""
+    them; a damaged directory raises ``PipelineError`` naming the file. ``backend``
+    runs its span components on another inference backend than the one its config.cfg
+    names (``ner.kernels.BACKENDS``; "torch" is the fp32 reference)."""
     path = check_pipeline(name_or_path)
+    if backend is not None:
+        from ner.kernels import BACKENDS
+
+        if backend not in BACKENDS:
+            raise PipelineError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+        components = spacy.util.load_config(path / "config.cfg")["components"]
+        config = options.setdefault("config", {}).setdefault("components", {})
+        for name, settings in components.items():
+            if settings.get("factory") in SPAN_FACTORIES:
+                config.setdefault(name, {})["backend"] = backend
     try:
         return spacy.load(path, **options)
     except PipelineError:

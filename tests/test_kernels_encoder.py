@@ -205,3 +205,35 @@ def test_backends_do_not_stack():
     apply_backend(encoder, "ner-kernels")
     with pytest.raises(ValueError, match="already runs on backend 'ner-kernels'"):
         apply_backend(encoder, "ner-kernels-int8")
+
+
+def test_a_pipeline_runs_on_the_backend_its_config_names(pipeline_dir, tmp_path):
+    """The backend is a component setting in config.cfg: ``ner.load(backend=...)`` and
+    spaCy's config overrides choose another, and a model running on a kernel backend
+    cannot be saved (its weights are no longer the fp32 reference's)."""
+    import shutil
+
+    import spacy
+
+    import ner
+
+    configured = tmp_path / "configured"
+    shutil.copytree(pipeline_dir, configured)
+    config = spacy.util.load_config(configured / "config.cfg")
+    config["components"]["ner"]["backend"] = "ner-kernels"
+    config.to_disk(configured / "config.cfg")
+    (configured / "checksums.sha256").unlink(missing_ok=True)
+
+    text = "Angela Merkel met Tim Cook in Berlin ."
+    reference = spacy.load(pipeline_dir)
+    kernels = ner.load(configured)
+    assert kernels.get_pipe("ner").model.backend == "ner-kernels"
+    assert getattr(ner.load(configured, backend="torch").get_pipe("ner").model, "backend", "torch") == "torch"
+    words = [text.split()]
+    expected, _, _ = reference.get_pipe("ner").model.predict(words)
+    found, _, _ = kernels.get_pipe("ner").model.predict(words)
+    assert found[0] == pytest.approx(expected[0], abs=1e-4)  # the same span scores, from the kernels
+    with pytest.raises(ValueError, match="backend"):
+        kernels.to_disk(tmp_path / "saved")
+    with pytest.raises(ner.loading.PipelineError, match="unknown backend"):
+        ner.load(configured, backend="cuda-magic")
