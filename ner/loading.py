@@ -75,6 +75,13 @@ def load(name_or_path="en", *, backend: str | None = None, **options) -> spacy.l
         raise PipelineError(_diagnose(path, error)) from None
 
 
+def pipeline_backend(name_or_path) -> str:
+    """The inference backend a pipeline's config.cfg names for its span components."""
+    components = spacy.util.load_config(pipeline_path(name_or_path) / "config.cfg")["components"]
+    backends = {c.get("backend", "torch") for c in components.values() if c.get("factory") in SPAN_FACTORIES}
+    return backends.pop() if len(backends) == 1 else "torch"
+
+
 def check_pipeline(name_or_path) -> Path:
     """The pipeline's directory, after the checks that need no torch: it exists, has a
     ``config.cfg``, and matches its checksums (when it has them)."""

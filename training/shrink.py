@@ -4,6 +4,7 @@ pieces (fewer than the recipe kept while training), slice the embedding table, r
 
     python -m ner.training.shrink training/tweets.toml runs/tweets pipelines/tweets --extra-pieces 2000
     python -m ner.training.shrink training/multilingual.toml runs/multilingual pipelines/multilingual --most-frequent 20000
+    python -m ner.training.shrink training/en.toml runs/en pipelines/en --extra-pieces 1500 --backend ner-kernels-int8
 
 Only the embedding rows of dropped pieces go; every other weight is unchanged. Words made
 of kept pieces tokenise as before; the model card's scores are measured after shrinking.
@@ -26,6 +27,8 @@ def main(argv=None) -> int:
                         help="choose the decision threshold again on the recipe's dev data, after shrinking")
     parser.add_argument("--storage", default=None, choices=["fp32", "fp16", "int8", "int8-emb4"],
                         help="weights storage of the output (default: the pipeline's)")
+    parser.add_argument("--backend", default=None,
+                        help="the inference backend the output loads on (ner.kernels.BACKENDS; default: the pipeline's)")
     args = parser.parse_args(argv)
 
     import ner
@@ -36,7 +39,7 @@ def main(argv=None) -> int:
     label_map = recipe["data"].get("label_map")
     dev = load_split(recipe["data"]["dev"], label_map)
     records = load_split(recipe["data"]["train"], label_map) + dev
-    nlp = ner.load(args.pipeline)
+    nlp = ner.load(args.pipeline, backend="torch")  # the fp32 reference weights are what is trimmed and saved
     for _, component in nlp.pipeline:
         encoder = getattr(getattr(component, "model", None), "encoder", None)
         if encoder is None:
@@ -58,6 +61,12 @@ def main(argv=None) -> int:
             component.cfg["threshold"] = max(grid, key=lambda t: scores[t].micro["f1"])
             print("dev F1 by threshold: " + ", ".join(f"{t}: {100 * scores[t].micro['f1']:.2f}" for t in grid)
                   + f"; chosen {component.cfg['threshold']}")
+    from ner.loading import pipeline_backend
+
+    backend = args.backend or pipeline_backend(args.pipeline)
+    for name, _ in nlp.pipeline:
+        if "backend" in nlp.config["components"][name]:
+            nlp.config["components"][name]["backend"] = backend
     nlp.meta["license"] = recipe["pipeline"].get("license", nlp.meta.get("license", ""))
     if label_map:
         nlp.meta["label_map"] = dict(label_map)
