@@ -86,7 +86,9 @@ def build_pipeline(recipe: dict, train_records, dev_records):
 
     pipeline, model, encoder = recipe["pipeline"], recipe.get("model", {}), recipe["encoder"]
     if encoder.get("init"):  # go on training a trained pipeline: its encoder, vocabulary and head
-        nlp = spacy.load(encoder["init"])
+        from ner.loading import load
+
+        nlp = load(encoder["init"], backend="torch")  # trained on the fp32 reference, whatever it ships with
         ner = nlp.get_pipe("ner")
         if list(ner.cfg["labels"]) != list(pipeline["labels"]):
             raise ValueError(f"{encoder['init']} has labels {ner.cfg['labels']}, the recipe {pipeline['labels']}")
@@ -165,12 +167,13 @@ def optimizer_step(model, optimizer, schedule, loss) -> float:
     return loss.item()
 
 
-def export_pipeline(nlp, path) -> None:
-    """Save ``nlp`` through a fresh Language built from its config, so the strings that
-    evaluation added to the vocabulary are not shipped."""
+def export_pipeline(nlp, path, config=None) -> None:
+    """Save ``nlp`` through a fresh Language built from its config (or ``config``, a
+    changed copy of it), so the strings that evaluation added to the vocabulary are not
+    shipped."""
     from ner.loading import write_checksums
 
-    fresh = type(nlp).from_config(nlp.config)
+    fresh = type(nlp).from_config(config or nlp.config)
     fresh.meta.update(nlp.meta)
     fresh.tokenizer.from_bytes(nlp.tokenizer.to_bytes(exclude=["vocab"]), exclude=["vocab"])
     for name, component in nlp.pipeline:

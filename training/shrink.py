@@ -61,16 +61,17 @@ def main(argv=None) -> int:
             component.cfg["threshold"] = max(grid, key=lambda t: scores[t].micro["f1"])
             print("dev F1 by threshold: " + ", ".join(f"{t}: {100 * scores[t].micro['f1']:.2f}" for t in grid)
                   + f"; chosen {component.cfg['threshold']}")
-    from ner.loading import pipeline_backend
+    from ner.loading import SPAN_FACTORIES, pipeline_backend
 
     backend = args.backend or pipeline_backend(args.pipeline)
-    for name, _ in nlp.pipeline:
-        if "backend" in nlp.config["components"][name]:
-            nlp.config["components"][name]["backend"] = backend
+    config = nlp.config  # a copy: changed here, the output is built from it
+    for name, settings in config["components"].items():
+        if settings.get("factory") in SPAN_FACTORIES:
+            settings["backend"] = backend
     nlp.meta["license"] = recipe["pipeline"].get("license", nlp.meta.get("license", ""))
     if label_map:
         nlp.meta["label_map"] = dict(label_map)
-    export_pipeline(nlp, args.output)
+    export_pipeline(nlp, args.output, config)
     return 0
 
 
