@@ -185,7 +185,6 @@ class SpanNER(Pipe):
         if architecture not in self.specs:
             raise ValueError(f"{cfg_path}: unknown architecture {architecture!r}; known: {sorted(self.specs)}")
         self.spec = self.specs[architecture](**saved.pop("spec"))
-        saved.pop("backend", None)
         self.cfg.update(saved)
         transformer, tokenizer = self.encoder_from_directory(path / "encoder")
         self.set_model(transformer, tokenizer)

@@ -62,11 +62,9 @@ def load(name_or_path="en", *, backend: str | None = None, **options) -> spacy.l
 
         if backend not in BACKENDS:
             raise PipelineError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
-        components = spacy.util.load_config(path / "config.cfg")["components"]
         config = options.setdefault("config", {}).setdefault("components", {})
-        for name, settings in components.items():
-            if settings.get("factory") in SPAN_FACTORIES:
-                config.setdefault(name, {})["backend"] = backend
+        for name in _span_components(path):
+            config.setdefault(name, {})["backend"] = backend
     try:
         return spacy.load(path, **options)
     except PipelineError:
@@ -77,9 +75,14 @@ def load(name_or_path="en", *, backend: str | None = None, **options) -> spacy.l
 
 def pipeline_backend(name_or_path) -> str:
     """The inference backend a pipeline's config.cfg names for its span components."""
-    components = spacy.util.load_config(pipeline_path(name_or_path) / "config.cfg")["components"]
-    backends = {c.get("backend", "torch") for c in components.values() if c.get("factory") in SPAN_FACTORIES}
+    backends = {c.get("backend", "torch") for c in _span_components(pipeline_path(name_or_path)).values()}
     return backends.pop() if len(backends) == 1 else "torch"
+
+
+def _span_components(path: Path) -> dict:
+    """Name → settings of the components in ``path``'s config.cfg that have a backend."""
+    components = spacy.util.load_config(path / "config.cfg")["components"]
+    return {name: c for name, c in components.items() if c.get("factory") in SPAN_FACTORIES}
 
 
 def check_pipeline(name_or_path) -> Path:

@@ -37,8 +37,12 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
 
     records = []
     for name in names:
-        dataset, split, *cap = name.split(":")  # "dataset:split", "dataset:split:N" (first N) or ":A-B"
-        first, cap = (int(x) for x in cap[0].split("-")) if cap and "-" in cap[0] else (0, int(cap[0]) if cap else None)
+        dataset, split, *extent = name.split(":")  # "dataset:split", "dataset:split:N" (first N) or ":A-B"
+        first, cap = 0, None
+        if extent and "-" in extent[0]:
+            first, cap = (int(x) for x in extent[0].split("-"))
+        elif extent:
+            cap = int(extent[0])
         annotated = [label_map.get(l, l) for l in dataset_info(dataset)["labels"]] if label_map else dataset_info(dataset)["labels"]
         for i, record in enumerate(load_dataset(dataset, split)):
             if (limit is not None and i - first >= limit) or (cap is not None and i >= cap):

@@ -132,6 +132,10 @@ def _load_state(model, state) -> None:
         raise ValueError(f"weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
+def _best_threshold(scores) -> float:
+    return max(scores, key=lambda t: scores[t].micro["f1"])
+
+
 def _micro(scores) -> dict:
     return {**scores.micro, "per_label": scores.per_label}
 
@@ -174,7 +178,7 @@ def run(job_dir, result_dir, *, device: str = "cpu", epochs: int | None = None, 
         batches = length_batches(segments, batch_words, rng)
         loss = train_epoch(model, batches, optimizer, schedule, desc=f"epoch {epoch}/{epochs}", precision=precision)
         scores = dev_scores()
-        threshold = max(scores, key=lambda t: scores[t].micro["f1"])
+        threshold = _best_threshold(scores)
         entry = {"epoch": epoch, "loss": loss, "dev_f1": scores[threshold].micro["f1"], "threshold": threshold,
                  "seconds": round(time.time() - started, 1)}
         history.append(entry)
@@ -188,7 +192,7 @@ def run(job_dir, result_dir, *, device: str = "cpu", epochs: int | None = None, 
     save_weights(best_state, weights, "int8" if job["storage"].startswith("int8") else job["storage"])
     _load_state_partial(model, load_weights(weights))
     scores = dev_scores()
-    threshold = max(scores, key=lambda t: scores[t].micro["f1"])
+    threshold = _best_threshold(scores)
     with torch.autocast(torch.device(device).type, dtype=precision, enabled=precision is not None):
         tests = {name: _micro(model_threshold_scores(model, items, [threshold], job["decoding"], batch_size=32)[threshold])
                  for name, items in data["test"].items()}
