@@ -1,9 +1,12 @@
-"""Block pruning: zeroing whole weight blocks, the sparsity the kernels turn into speed.
+"""Pruning operations on a BERT encoder's weights.
 
-The blocks are the kernels' own (``OUTPUTS_PER_BLOCK`` outputs x ``block_k`` inputs), so a
+Block pruning zeroes whole weight blocks, the sparsity the kernels turn into speed. The blocks are the kernels' own (``OUTPUTS_PER_BLOCK`` outputs x ``block_k`` inputs), so a
 pruned matrix costs work in proportion to the blocks it keeps. These are pure functions on
 weights; the recipes that prune gradually while training (and recover the accuracy that
 one-shot pruning loses) belong in ``training/``.
+
+FFN-neuron pruning is structured: it removes intermediate neurons, so the matrices become
+smaller dense ones that any backend runs faster.
 """
 from __future__ import annotations
 
@@ -59,3 +62,32 @@ def prune_blocks(transformer: nn.Module, sparsity: float, *, block_k: int = 16,
 def block_density(weight: torch.Tensor, block_k: int = 16) -> float:
     """Fraction of ``weight``'s blocks that hold a non-zero value."""
     return float(block_norms(weight, block_k).gt(0).float().mean())
+
+
+def ffn_neuron_importance(layer) -> torch.Tensor:
+    """Importance of each intermediate neuron of a BERT layer: the norm of the input row
+    that feeds it times the norm of the output column it feeds (weights alone, no data)."""
+    into = layer.intermediate.dense.weight.detach().float().norm(dim=1)
+    out_of = layer.output.dense.weight.detach().float().norm(dim=0)
+    return into * out_of
+
+
+def prune_ffn_neurons(transformer: nn.Module, size: int) -> None:
+    """Keep the ``size`` most important intermediate neurons of every layer (in their
+    original order), in place: the FFN matrices become (size x hidden) and (hidden x size)
+    dense ones, and the config's ``intermediate_size`` follows."""
+    current = transformer.config.intermediate_size
+    if not 0 < size <= current:
+        raise ValueError(f"FFN size must be in 1..{current}, got {size}")
+    with torch.no_grad():
+        for layer in transformer.encoder.layer:
+            keep = torch.sort(torch.topk(ffn_neuron_importance(layer), size).indices).values
+            into, out_of = layer.intermediate.dense, layer.output.dense
+            smaller_in = nn.Linear(into.in_features, size).to(into.weight.dtype)
+            smaller_in.weight.copy_(into.weight[keep])
+            smaller_in.bias.copy_(into.bias[keep])
+            smaller_out = nn.Linear(size, out_of.out_features).to(out_of.weight.dtype)
+            smaller_out.weight.copy_(out_of.weight[:, keep])
+            smaller_out.bias.copy_(out_of.bias)
+            layer.intermediate.dense, layer.output.dense = smaller_in, smaller_out
+    transformer.config.intermediate_size = size

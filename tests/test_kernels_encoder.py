@@ -17,7 +17,7 @@ from ner.kernels import build
 from ner.kernels.backends import default_kernels
 from ner.kernels.native import native_kernels
 from ner.kernels.packed_encoder import PackedBertEncoder
-from ner.kernels.pruning import block_magnitude_mask, prune_blocks
+from ner.kernels.pruning import block_magnitude_mask, prune_blocks, prune_ffn_neurons
 from ner.kernels.reference import ReferenceKernels
 
 import test_span_ner  # the module, not the class: importing the class would collect its test here again
@@ -155,6 +155,28 @@ def test_pruned_encoder_skips_blocks_and_matches_bert(sparsity):
         expected = pruned(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
         got = packed.forward(ids, mask).last_hidden_state[mask.bool()]
     assert (got - expected).abs().max() <= 1e-4
+
+
+def test_ffn_pruning_drops_the_weakest_neurons_into_smaller_dense_matrices():
+    model = bert(hidden=64, layers=2)  # FFN 128
+    with torch.no_grad():
+        for layer in model.encoder.layer:  # neurons 1, 3, 5, ... feed nothing: pruning them changes nothing
+            layer.output.dense.weight[:, 1::2] = 0.0
+    ids, mask = padded_batch([20, 7], 20)
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        prune_ffn_neurons(model, 64)
+        after = model(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+    assert model.config.intermediate_size == 64
+    assert model.encoder.layer[1].intermediate.dense.weight.shape == (64, 64)
+    assert model.encoder.layer[1].output.dense.weight.shape == (64, 64)
+    assert (after - before).abs().max() <= 1e-5
+    packed = PackedBertEncoder(model, default_kernels())  # the kernels run the smaller matrices
+    with torch.no_grad():
+        got = packed.forward(ids, mask).last_hidden_state[mask.bool()]
+    assert (got - after).abs().max() <= 1e-4
+    with pytest.raises(ValueError, match="FFN size"):
+        prune_ffn_neurons(model, 65)
 
 
 def test_without_a_compiler_the_reference_runs_with_a_warning(monkeypatch, tmp_path):

@@ -106,3 +106,82 @@ def test_a_packed_job_trains_without_spacy_and_unpacks_to_the_pipeline_it_scored
     scores = threshold_scores(component, test, [result["threshold"]])[result["threshold"]]
     assert scores.micro["f1"] == pytest.approx(result["test"]["conll2003_en:test:3"]["f1"])
     assert json.loads((pipeline / "training.json").read_text())["packed_run"]["device"] == "cpu"
+
+
+def test_keep_layers_takes_the_named_layers_in_order():
+    from ner.training.knowledge_distillation import keep_layers
+
+    transformer = tiny_transformer(12, layers=3)
+    layers = list(transformer.encoder.layer)
+    keep_layers(transformer, [0, 2])
+    assert list(transformer.encoder.layer) == [layers[0], layers[2]] and transformer.config.num_hidden_layers == 2
+    keep_layers(transformer, 1)
+    assert list(transformer.encoder.layer) == [layers[0]]
+    with pytest.raises(ValueError, match="layers"):
+        keep_layers(transformer, [3])
+
+
+def test_a_student_distils_the_teacher_with_fewer_layers(tmp_path):
+    import copy
+
+    from ner.training.batches import Segment
+    from ner.training.knowledge_distillation import attach_teacher_targets, distillation_loss
+
+    tokenizer = tiny_tokenizer()
+    tiny_transformer(len(tokenizer), layers=2).save_pretrained(tmp_path / "encoder2")
+    tokenizer.save_pretrained(tmp_path / "encoder2")
+    teacher_run = train(write_recipe(tmp_path, "teacher", encoder=tmp_path / "encoder2"), log=lambda *a: None)
+    teacher = spacy.load(teacher_run["output"]).get_pipe("ner").model
+
+    # the teacher's targets are its own probabilities; a student that is the teacher has no hidden loss
+    segments = [Segment(["Angela", "Merkel", "met", "Tim", "Cook", "in", "Berlin", "."], [(0, 2, "PER")], None),
+                Segment(["Paris", "and", "London"], [], [])]
+    attach_teacher_targets(teacher, segments, with_vectors=True, log=lambda *a: None)
+    probs, _ = teacher.probabilities([s.words for s in segments])
+    assert all(abs(s.teacher_probs.astype("float32") - p).max() < 2e-3 for s, p in zip(segments, probs))
+    assert distillation_loss(teacher, segments, {"soft_weight": 0.0, "hard_weight": 0.0, "hidden_weight": 1.0}).item() < 1e-5
+    student = copy.deepcopy(teacher)
+    from ner.training.knowledge_distillation import keep_layers
+
+    keep_layers(student.encoder.transformer, [1])
+    assert distillation_loss(student, segments, {"soft_weight": 0.0, "hard_weight": 0.0, "hidden_weight": 1.0}).item() > 5e-5
+
+    # the recipe: init from the teacher, one of its layers, soft + hard + hidden, unlabeled text, a backend to load on
+    recipe = write_recipe(tmp_path, "student", init=teacher_run["output"], training="learning_rate = 1e-3")
+    text = recipe.read_text().replace("[training]", '[distillation]\nteacher = "%s"\nsoft_weight = 1.0\nhard_weight = 0.5\n'
+                                      'hidden_weight = 1.0\nunlabeled = ["conll2003_en:dev:3-6"]\n[training]' % teacher_run["output"])
+    text = text.replace(f'init = "{teacher_run["output"]}"', f'init = "{teacher_run["output"]}"\nlayers = [1]\nffn_size = 32')
+    text = text.replace("[training]", "[pruning]\nblock_sparsity = 0.5\nend = 0.5\nevery = 1\n[training]")
+    recipe.write_text(text + 'backend = "ner-kernels"\n')
+    logged = []
+    result = train(recipe, log=logged.append)
+    assert any("labelling" in line for line in logged) and result["epochs"][-1]["block_sparsity"] == 0.5
+    nlp = spacy.load(result["output"])
+    assert nlp.get_pipe("ner").backend == "ner-kernels"
+    assert nlp("Angela Merkel met Tim Cook in Berlin .") is not None
+    transformer = spacy.load(result["output"], config={"components": {"ner": {"backend": "torch"}}}).get_pipe("ner").model.encoder.transformer
+    assert transformer.config.num_hidden_layers == 1 and transformer.config.intermediate_size == 32
+    from ner.kernels.pruning import block_density
+
+    assert block_density(transformer.encoder.layer[0].intermediate.dense.weight) == pytest.approx(0.5)
+
+
+
+
+def test_gradual_block_pruning_follows_its_schedule_and_keeps_pruned_blocks_zero():
+    from ner.kernels.pruning import block_density
+    from ner.training.gradual_pruning import GradualBlockPruning
+
+    transformer = tiny_transformer(12, hidden=64, layers=2)  # 64x64 and 128x64 matrices: 8 and 16 blocks
+    pruning = GradualBlockPruning(transformer, 0.5, total_steps=10, start=0.0, end=0.5, every=2)
+    assert pruning.target(0) == 0.0 and 0.0 < pruning.target(1) < pruning.target(3) < 0.5 and pruning.target(5) == 0.5
+    for step in range(1, 11):
+        with torch.no_grad():  # an optimiser step moves every weight, pruned ones too
+            for linear in pruning.linears:
+                linear.weight.add_(0.01 * torch.randn_like(linear.weight))
+        pruning()
+        assert pruning.done == (step >= 5)
+    for linear in pruning.linears:
+        assert block_density(linear.weight) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="start < end"):
+        GradualBlockPruning(transformer, 0.5, 10, start=0.6, end=0.5)

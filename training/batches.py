@@ -14,6 +14,8 @@ class Segment:
     words: list[str]
     spans: list[tuple[int, int, str]]  # word offsets, end exclusive
     labels: list[str] | None  # types annotated in its dataset (None: all)
+    teacher_probs: object = None  # knowledge distillation: the teacher's span probabilities (fp16 array)
+    teacher_vectors: object = None  # ... and its word vectors, when the recipe transfers them
 
 
 def sentence_word_ranges(record: Record) -> list[tuple[int, int]]:

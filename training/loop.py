@@ -97,6 +97,9 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         if list(ner.cfg["labels"]) != list(pipeline["labels"]):
             raise ValueError(f"{encoder['init']} has labels {ner.cfg['labels']}, the recipe {pipeline['labels']}")
         nlp.meta["sources"] = nlp.meta.get("sources", []) + [{"name": n} for n in recipe["data"]["train"]]
+        from ner.training.knowledge_distillation import shape_encoder
+
+        shape_encoder(ner.model.encoder.transformer, encoder)  # a student: fewer layers, a smaller FFN
         return nlp, ner
     nlp = spacy.blank(pipeline.get("lang", "xx"))
     if pipeline.get("attached_prefixes"):  # e.g. "#": #hashtags stay one word, as in tweet data
@@ -124,9 +127,9 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         keep = vocabulary_pieces(tokenizer, train_records + dev_records, encoder.get("extra_pieces", 0),
                                  encoder.get("most_frequent"))
         transformer, tokenizer = trim_vocabulary(transformer, tokenizer, keep)
-    if encoder.get("layers"):
-        transformer.encoder.layer = transformer.encoder.layer[: encoder["layers"]]
-        transformer.config.num_hidden_layers = encoder["layers"]
+    from ner.training.knowledge_distillation import shape_encoder
+
+    shape_encoder(transformer, encoder)
     ner.set_model(transformer, tokenizer)
     return nlp, ner
 
@@ -187,17 +190,37 @@ def export_pipeline(nlp, path, config=None) -> None:
     write_checksums(path)
 
 
-def train_epoch(model, batches, optimizer, schedule, *, desc: str = "", precision=None) -> float:
+def output_config(nlp, recipe: dict):
+    """The config a run's pipeline is saved with: ``[output] backend`` names the
+    inference backend it loads on (it trains on the fp32 reference); None: as it is."""
+    backend = recipe.get("output", {}).get("backend")
+    if not backend:
+        return None
+    from ner.loading import SPAN_FACTORIES
+
+    config = nlp.config  # a copy
+    for settings in config["components"].values():
+        if settings.get("factory") in SPAN_FACTORIES:
+            settings["backend"] = backend
+    return config
+
+
+def train_epoch(model, batches, optimizer, schedule, *, desc: str = "", precision=None, loss_function=batch_loss,
+                after_step=None) -> float:
     """One pass over ``batches``; the mean loss. ``precision`` (e.g. ``torch.bfloat16`` on
-    a GPU) runs the forward pass under autocast."""
+    a GPU) runs the forward pass under autocast; ``loss_function(model, batch)`` is the
+    plain span loss unless the recipe distils a teacher; ``after_step()`` runs after each
+    optimiser step (gradual pruning)."""
     model.train()
     device_type = next(model.parameters()).device.type
     running = 0.0
     bar = tqdm(batches, desc=desc, unit="batch", mininterval=10)
     for step, batch in enumerate(bar, 1):
         with torch.autocast(device_type, dtype=precision, enabled=precision is not None):
-            loss = batch_loss(model, batch)
+            loss = loss_function(model, batch)
         running += optimizer_step(model, optimizer, schedule, loss)
+        if after_step is not None:
+            after_step()
         bar.set_postfix(loss=f"{running / step:.4f}")
     return running / max(len(batches), 1)
 
@@ -219,18 +242,32 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
     unlearnable = sum(1 for s in segments for a, b, _ in s.spans if not model.learnable(a, b))
     log(f"{len(train_records)} train records → {len(segments)} segments; "
         f"{unlearnable} gold spans too long for the head cannot be learnt")
+    loss_function = batch_loss
+    if recipe.get("distillation"):
+        from ner.training.knowledge_distillation import prepare_distillation
+
+        segments, loss_function = prepare_distillation(recipe, segments, count, limit, log)
 
     epochs = epochs or settings.get("epochs", 3)
     rng = random.Random(seed)
     steps_per_epoch = len(length_batches(segments, settings.get("batch_words", 1500), random.Random(seed)))
     optimizer, schedule = make_optimizer(model, settings, steps_per_epoch * epochs)
+    pruning = None
+    if recipe.get("pruning", {}).get("block_sparsity"):
+        from ner.training.gradual_pruning import GradualBlockPruning
+
+        table = recipe["pruning"]
+        pruning = GradualBlockPruning(model.encoder.transformer, table["block_sparsity"], steps_per_epoch * epochs,
+                                      start=table.get("start", 0.0), end=table.get("end", 0.6),
+                                      every=table.get("every", 50))
     output = Path(output or recipe["output"]["path"])
     output.mkdir(parents=True, exist_ok=True)
     history, best = [], -1.0
     for epoch in range(1, epochs + 1):
         started = time.time()
         batches = length_batches(segments, settings.get("batch_words", 1500), rng)
-        loss = train_epoch(model, batches, optimizer, schedule, desc=f"epoch {epoch}/{epochs}")
+        loss = train_epoch(model, batches, optimizer, schedule, desc=f"epoch {epoch}/{epochs}",
+                           loss_function=loss_function, after_step=pruning)
         if settings.get("tune_threshold", True):
             threshold, dev_scores = best_threshold(ner, dev_records, thresholds=DEV_THRESHOLDS)
             ner.cfg["threshold"] = threshold
@@ -240,12 +277,16 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
         entry = {"epoch": epoch, "loss": loss, "dev_f1": scores["f1"],
                  "dev_precision": scores["precision"], "dev_recall": scores["recall"], "threshold": threshold,
                  "seconds": round(time.time() - started, 1)}
+        if pruning is not None:
+            entry["block_sparsity"] = round(pruning.sparsity, 4)
         history.append(entry)
         log(json.dumps(entry))
         (output / "training.json").write_text(json.dumps({"recipe": recipe, "epochs": history}, indent=2))
-        if scores["f1"] > best:
+        if pruning is not None and not pruning.done:
+            log(f"not saved: block sparsity {pruning.sparsity:.2f} is short of {pruning.final_sparsity}")
+        elif scores["f1"] > best:
             best = scores["f1"]
-            export_pipeline(nlp, output)  # writes the checksums, training.json's included
+            export_pipeline(nlp, output, output_config(nlp, recipe))  # writes the checksums, training.json's included
             log(f"saved best so far to {output}")
         else:
             from ner.loading import write_checksums
