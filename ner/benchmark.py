@@ -1,4 +1,4 @@
-"""``ner bench``: words/s and F1 of one pipeline on every inference backend, side by side.
+"""``ner bench``: words/s and F1 of pipelines on every inference backend, side by side.
 
 Every candidate runs in this one process on the same pre-tokenised Docs, interleaved:
 each round runs every candidate once (in a rotated order), and a candidate's time is its
@@ -29,7 +29,9 @@ ONTONOTES_TO_CONLL = {
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("pipeline", help="shipped pipeline name or directory")
+    parser.add_argument("pipelines", nargs="+", metavar="pipeline",
+                        help="shipped pipeline name or directory; several (e.g. a teacher and its students) "
+                             "run side by side, each on every backend")
     parser.add_argument("--data", default="conll2003_en:test", help="dataset:split from the manifest, or a file")
     parser.add_argument("--format", default=None, help="file format when --data is a file")
     parser.add_argument("--unit", choices=["documents", "sentences"], default="documents",
@@ -61,10 +63,14 @@ def run(args) -> int:
         print("ner bench: no records to run on", file=sys.stderr)
         return 2
     candidates = []
-    for backend in filter(None, (name.strip() for name in args.backends.split(","))):
-        print(f"preparing {backend} ...", file=sys.stderr, flush=True)
-        candidates.append(pipeline_candidate(args.pipeline, backend, data=args.data, batch_size=args.batch_size,
-                                             block_sparsity=args.block_sparsity, threads=threads))
+    for pipeline in args.pipelines:
+        for backend in filter(None, (name.strip() for name in args.backends.split(","))):
+            print(f"preparing {pipeline} on {backend} ...", file=sys.stderr, flush=True)
+            candidate = pipeline_candidate(pipeline, backend, data=args.data, batch_size=args.batch_size,
+                                           block_sparsity=args.block_sparsity, threads=threads)
+            if len(args.pipelines) > 1:
+                candidate.name = f"{pipeline} {backend}"
+            candidates.append(candidate)
     if args.peers:
         candidates.append(spacy_candidate(batch_size=args.batch_size))
     results = measure(candidates, records, rounds=args.rounds)
@@ -73,7 +79,7 @@ def run(args) -> int:
     print(format_table(results, clock=args.clock))
     if args.json_path:
         with open(args.json_path, "w") as handle:
-            json.dump({"setup": {"pipeline": args.pipeline, "data": args.data, "unit": args.unit,
+            json.dump({"setup": {"pipelines": args.pipelines, "data": args.data, "unit": args.unit,
                                  "records": len(records), "words": n_words, "rounds": args.rounds, "threads": threads,
                                  "block_sparsity": args.block_sparsity, "kernels": kernels_description()},
                        "results": [asdict(r) for r in results]}, handle, indent=2)
@@ -234,7 +240,7 @@ def kernels_description() -> str:
 
 def describe_setup(args, records, n_words: int, threads: int) -> str:
     pruned = f"; encoder blocks pruned {100 * args.block_sparsity:.0f}% (one-shot)" if args.block_sparsity else ""
-    return (f"{args.pipeline} on {args.data} ({args.unit}): {len(records)} records, {n_words} words; "
+    return (f"{', '.join(args.pipelines)} on {args.data} ({args.unit}): {len(records)} records, {n_words} words; "
             f"best of {args.rounds} interleaved rounds; {threads} thread(s){pruned}\n{kernels_description()}")
 
 

@@ -87,3 +87,17 @@ def test_export_onnx_graphs_match_pytorch(pipeline_dir, tmp_path):
     assert error < 0.1
     head = onnxruntime.InferenceSession(str(out / "head.onnx"), providers=["CPUExecutionProvider"])
     assert np.abs(head.run(None, {"word_vectors": words.numpy()})[0] - expected_logits).max() <= 1e-5
+
+
+def test_bench_runs_several_pipelines_side_by_side(pipeline_dir, conll_file, tmp_path):
+    import shutil
+
+    student = shutil.copytree(pipeline_dir, tmp_path / "student")
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(pipeline_dir), str(student), "--data", str(conll_file), "--rounds", "1",
+                 "--threads", "1", "--backends", "torch,ner-kernels", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["setup"]["pipelines"] == [str(pipeline_dir), str(student)]
+    results = {r["name"]: r for r in report["results"]}
+    assert list(results) == [f"{p} {b}" for p in (pipeline_dir, student) for b in ("torch", "ner-kernels")]
+    assert results[f"{student} torch"]["f1"] == results[f"{pipeline_dir} torch"]["f1"]  # same weights, same words
