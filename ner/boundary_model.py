@@ -4,7 +4,8 @@ Instead of enumerating every span up to a width (O(n·w) candidates, and nothing
 than w), each word gets three sigmoid scores per label: it *starts* an entity, it *ends*
 one, it lies *inside* one. A span is decoded from a start, the first end after it, and an
 unbroken run of inside scores between them (SeNER's idea of scoring boundaries and pairing
-them locally, with pairing reduced to "the next end inside the same run"). Scores are
+them locally, with pairing reduced to "the next end inside the same run"); with
+``inside="mean"`` the run may dip below the threshold as long as its mean passes. Scores are
 per word, so a 50,000-word document costs 50,000 × 3 × labels numbers, and a 500-word
 entity is as representable as a one-word one (up to ``max_length`` words).
 """
@@ -21,6 +22,7 @@ from ner.blocks import predict_in_blocks
 from ner.encoders import WordEncoder
 
 START, END, INSIDE = 0, 1, 2
+INSIDE_RULES = ("all", "mean")  # how a span's inside words must pass (boundary_candidates)
 
 
 @dataclass
@@ -38,6 +40,9 @@ class BoundaryModelSpec:
     # Loss weight of a positive start, end and inside cell: boundaries are rare (about 1 word
     # in 500 per label), and unweighted they are drowned by the negatives.
     positive_weights: tuple[float, float, float] = (10.0, 10.0, 3.0)
+    # How the words between a start and its end must score "inside" (see INSIDE_RULES):
+    # "all" (every one passes the threshold; v1's rule) or "mean" (their mean passes).
+    inside: str = "all"
 
     def build(self, encoder: WordEncoder, labels: list[str]) -> "BoundaryModel":
         return BoundaryModel(encoder, labels, self)
@@ -52,10 +57,14 @@ def build_boundary_model(
     stride: int = 128,
     block_words: int = 2048,
     positive_weights: Sequence[float] = (10.0, 10.0, 3.0),
+    inside: str = "all",
 ) -> BoundaryModelSpec:
-    """Registered as ``ner_suite.BoundaryModel.v1`` (entry point ``spacy_architectures``)."""
+    """Registered as ``ner_suite.BoundaryModel.v1`` (entry point ``spacy_architectures``);
+    ``inside`` defaults to the rule every v1 config was trained and decoded with."""
+    if inside not in INSIDE_RULES:
+        raise ValueError(f"inside must be one of {INSIDE_RULES}, not {inside!r}")
     return BoundaryModelSpec(encoder, max_length, hidden_size, dropout, window, stride, block_words,
-                             tuple(positive_weights))
+                             tuple(positive_weights), inside)
 
 
 class BoundaryHead(nn.Module):
@@ -101,7 +110,8 @@ class BoundaryModel(nn.Module):
         return predict_in_blocks(self.probabilities, batch, self.spec.block_words, margin=64)
 
     def decode(self, probs: np.ndarray, threshold: float, decoding: str = "flat", labels=None):
-        return decode_boundaries(probs, self.labels, threshold, self.spec.max_length, decoding, labels)
+        return decode_boundaries(probs, self.labels, threshold, self.spec.max_length, decoding, labels,
+                                 inside=self.spec.inside)
 
     def loss(self, batch: list[list[str]], batch_spans, label_mask=None) -> torch.Tensor:
         logits, mask, _ = self(batch)
@@ -131,10 +141,15 @@ def boundary_targets(batch_spans, n_words: int, labels: list[str]) -> torch.Tens
     return target
 
 
-def boundary_candidates(probs: np.ndarray, labels: list[str], threshold: float, max_length: int, allowed=None):
+def boundary_candidates(probs: np.ndarray, labels: list[str], threshold: float, max_length: int, allowed=None,
+                        inside: str = "all"):
     """[(score, start, end_exclusive, label)]: for every word whose start score passes the
     threshold, the span to the first word at or after it whose end score passes, provided
-    every word between has an inside score that passes. Linear in the number of words."""
+    the words from start to end score inside: with ``inside="all"`` every one of them
+    passes the threshold; with ``"mean"`` their mean inside score does, so a 100-word
+    entity survives a few words that dip below it, while a start paired across outside
+    words (its own end missed) is still refused: those words pull the mean down.
+    Linear in the number of words."""
     n_words = probs.shape[0]
     found = []
     for j, label in enumerate(labels):
@@ -149,9 +164,11 @@ def boundary_candidates(probs: np.ndarray, labels: list[str], threshold: float, 
         inside_sum = np.concatenate([[0.0], np.cumsum(inside_p, dtype=np.float64)])
         for s in starts:
             e = next_end[s]
-            if e >= n_words or next_break[s] < e or e - s + 1 > max_length:
+            if e >= n_words or e - s + 1 > max_length or (inside == "all" and next_break[s] < e):
                 continue
             mean_inside = (inside_sum[e + 1] - inside_sum[s]) / (e - s + 1)
+            if inside == "mean" and mean_inside < threshold:
+                continue
             score = float((start_p[s] * end_p[e] * mean_inside) ** (1 / 3))
             found.append((score, int(s), int(e + 1), label))
     return found
@@ -165,10 +182,10 @@ def _next_true(flags: np.ndarray) -> np.ndarray:
     return np.minimum.accumulate(index[::-1])[::-1]
 
 
-def decode_boundaries(probs, labels, threshold=0.5, max_length=1024, decoding="flat", allowed=None):
+def decode_boundaries(probs, labels, threshold=0.5, max_length=1024, decoding="flat", allowed=None, inside="all"):
     """Candidates resolved like span decoding: flat (no overlaps) or nested (no crossing),
     highest score first."""
-    candidates = sorted(boundary_candidates(probs, labels, threshold, max_length, allowed), reverse=True)
+    candidates = sorted(boundary_candidates(probs, labels, threshold, max_length, allowed, inside), reverse=True)
     kept = []
     if decoding == "flat":
         taken = np.zeros(probs.shape[0] + 1, dtype=bool)

@@ -116,7 +116,8 @@ def load_dataset(name: str, split: str, *, data_root=None, map_labels: bool = Fa
 
 def _carved_splits(entry: dict) -> set[str]:
     """Splits the manifest carves out of another one (``carve``), e.g. a fixed dev/test of
-    a dataset that ships only training documents."""
+    a dataset that ships only training documents (SciREX), or a fixed train/dev of one
+    that ships only dev and test (SeNER's Scholar-XL and Profiling-07, GermEval 2014)."""
     carve = entry.get("carve")
     return {"train", "dev", "test"} & ({*carve} | {carve["rest"]}) if carve else set()
 

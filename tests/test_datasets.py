@@ -1,7 +1,8 @@
 """Carved splits: fixed, documented dev/test splits of datasets that ship fewer splits."""
 import pytest
 
-from ner.datasets import _carve, load_dataset
+from ner.datasets import _carve, load_dataset, split_path
+from ner.readers import read_records
 from ner.spans import Record
 
 from conftest import needs_data
@@ -21,6 +22,18 @@ def test_scirex_documents_split_306_ways_by_document():
     ids = {split: {r.id for r in load_dataset("scirex", split)} for split in ("train", "dev", "test")}
     assert sum(len(v) for v in ids.values()) == 306
     assert not (ids["train"] & ids["test"]) and not (ids["dev"] & ids["test"]) and not (ids["train"] & ids["dev"])
+
+
+@needs_data
+@pytest.mark.parametrize("name, sizes", [("sener_long_ner/scholar-xl", (309, 40, 350)),
+                                         ("sener_long_ner/profiling-07", (63, 8, 143))])
+def test_sener_dev_documents_carved_into_train_and_dev_test_official(name, sizes):
+    """SeNER ships dev and test only: dev is carved by doc_id (bucket 0 → dev, rest →
+    train), the official test stays whole."""
+    ids = {split: [r.id for r in load_dataset(name, split)] for split in ("train", "dev", "test")}
+    assert tuple(len(v) for v in ids.values()) == sizes
+    official_dev = [r.id for r in read_records(split_path(name, "dev"), "sener")]
+    assert sorted(ids["train"] + ids["dev"]) == sorted(official_dev) and not set(ids["train"]) & set(ids["dev"])
 
 
 @needs_data

@@ -5,7 +5,7 @@ import pytest
 import spacy
 
 from ner.blocks import plan_blocks, predict_in_blocks
-from ner.boundary_model import END, INSIDE, START, boundary_targets, decode_boundaries
+from ner.boundary_model import END, INSIDE, START, boundary_targets, build_boundary_model, decode_boundaries
 
 from contract import PipelineContract
 
@@ -24,6 +24,26 @@ class TestLongSpanContract(PipelineContract):
 
 class TestLongSpanNestedContract(TestLongSpanContract):
     decoding = "nested"
+
+
+class TestLongSpanMeanInsideContract(TestLongSpanContract):
+    """The "mean" inside rule trains, saves (in cfg.json's spec) and loads like v1's."""
+    decoding = "nested"
+    model = {**TestLongSpanContract.model, "inside": "mean"}
+
+    def test_the_rule_is_saved_and_a_v1_pipeline_without_it_loads_as_all(self, tmp_path):
+        import json
+
+        nlp, _ = self.build()
+        nlp.to_disk(tmp_path / "p")
+        assert spacy.load(tmp_path / "p").get_pipe("ner").model.spec.inside == "mean"
+        cfg = tmp_path / "p" / "ner" / "cfg.json"
+        saved = json.loads(cfg.read_text())
+        del saved["spec"]["inside"]  # as written before the option existed
+        cfg.write_text(json.dumps(saved))
+        config = (tmp_path / "p" / "config.cfg").read_text().replace('inside = "mean"\n', "")
+        (tmp_path / "p" / "config.cfg").write_text(config)
+        assert spacy.load(tmp_path / "p").get_pipe("ner").model.spec.inside == "all"
 
 
 def probs_for(n_words, spans, labels=("A", "B")):
@@ -47,6 +67,29 @@ def test_a_break_in_the_inside_run_or_max_length_stops_a_span():
     probs[20, INSIDE, 0] = 0.1
     assert decode_boundaries(probs, ["A", "B"], 0.5) == []
     assert decode_boundaries(probs_for(50, [(10, 30, "A")]), ["A", "B"], 0.5, max_length=19) == []
+
+
+def test_v1_keeps_its_inside_rule_and_rejects_unknown_rules():
+    assert build_boundary_model().inside == "all"
+    assert build_boundary_model(inside="mean").inside == "mean"
+    with pytest.raises(ValueError, match="inside"):
+        build_boundary_model(inside="most")
+
+
+def test_mean_inside_keeps_a_long_entity_whose_inside_scores_dip():
+    probs = probs_for(300, [(50, 250, "A")])
+    probs[[60, 61, 100, 150, 151, 152, 200, 240], INSIDE, 0] = 0.2  # 8 of 200 words dip
+    assert decode_boundaries(probs, ["A", "B"], 0.5, inside="all") == []
+    found = decode_boundaries(probs, ["A", "B"], 0.5, inside="mean")
+    assert [(s, e, l) for s, e, l, _ in found] == [(50, 250, "A")]
+
+
+def test_mean_inside_does_not_pair_a_start_across_outside_words():
+    probs = probs_for(80, [(10, 20, "A"), (40, 50, "A")])
+    probs[19, END, 0] = 0.1  # the first entity's end is missed: its start would pair with word 49
+    for inside in ("all", "mean"):  # mean inside over 10..49 is 20 × 0.9 / 40 = 0.45 < 0.5
+        found = decode_boundaries(probs, ["A", "B"], 0.5, decoding="nested", inside=inside)
+        assert [(s, e, l) for s, e, l, _ in found] == [(40, 50, "A")]
 
 
 def test_flat_keeps_the_better_of_overlapping_labels_nested_keeps_both():
@@ -107,3 +150,46 @@ def test_a_500_word_entity_across_many_blocks_is_decoded_whole():
     assert blocks[0] > 10  # no block holds the entity: only the stitched array does
     found = decode_boundaries(stitched[0], ["E"], 0.5)
     assert [(s, e) for s, e, _, _ in found] == [(3000, 3500)]
+
+
+def test_report_decodes_each_record_on_its_labels_nested_for_sener_only(monkeypatch):
+    from ner.spans import Record, join_words, word_spans_to_char_spans
+    from ner.training import long_span_report as report
+
+    text, tokens = join_words("a b c d e f".split())
+    record = Record(text, word_spans_to_char_spans(tokens, [(0, 4, "A"), (1, 2, "B")]), tokens=tokens)
+    record.labels = ["A", "B"]  # its dataset does not annotate C
+    monkeypatch.setattr(report, "dataset_records", lambda name, limit=None: [record])
+
+    class Model:  # predicts the gold pair (nested) and a C span
+        labels = ["A", "B", "C"]
+
+        def eval(self):
+            pass
+
+        def predict(self, batch):
+            return [probs_for(6, [(0, 4, "A"), (1, 2, "B"), (4, 6, "C")], labels=("A", "B", "C"))], [1], [1]
+
+        def decode(self, probs, threshold, decoding, labels):
+            return decode_boundaries(probs, self.labels, threshold, 64, decoding, labels)
+
+    setting = (0.5, None)
+    assert report.decode_settings(Model()) == [(t, None) for t in report.THRESHOLDS]
+    sener = report.score_settings(Model(), ["sener_long_ner/scholar-xl:test"], [setting])[setting]
+    assert sener.micro["f1"] == 1.0 and sener.by_length["4-12"].micro["f1"] == 1.0
+    scirex = report.score_settings(Model(), ["scirex:test"], [setting])[setting]  # flat: one of the pair
+    assert scirex.micro["precision"] == 1.0 and scirex.micro["recall"] == 0.5
+
+
+def test_a_one_sentence_document_longer_than_the_budget_is_cut_where_no_entity_crosses():
+    """A SeNER page is one "sentence": it must still train in budget-sized segments
+    (memory), never cutting an entity."""
+    from ner.spans import Record, join_words, word_spans_to_char_spans
+    from ner.training.batches import make_segments
+
+    text, tokens = join_words([f"w{i}" for i in range(1000)])
+    spans = word_spans_to_char_spans(tokens, [(95, 130, "A"), (500, 501, "B")])
+    record = Record(text, spans, tokens=tokens, sentences=[(0, len(text))])
+    segments = make_segments(record, lambda word: 1, 100)
+    assert sum(len(s.words) for s in segments) == 1000 and max(len(s.words) for s in segments) == 130
+    assert [s.spans for s in segments if s.spans] == [[(95, 130, "A")], [(70, 71, "B")]]

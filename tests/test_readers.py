@@ -381,7 +381,7 @@ def test_manifest_names_and_errors(tmp_path):
     assert "conll2003_en" in names and "wikiann/en" in names and "hiner/collapsed" in names
     assert dataset_info("masakhaner2/swa")["splits"]["dev"] == "masakhaner2/swa/dev.txt"
     with pytest.raises(ValueError, match="missing from this copy"):
-        load_dataset("sener_long_ner/scholar-xl", "train", data_root=tmp_path)
+        load_dataset("wikineural/en", "train", data_root=tmp_path)
     with pytest.raises(ValueError, match="choose one of"):
         dataset_info("wikiann")
 

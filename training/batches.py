@@ -56,14 +56,21 @@ def safe_cuts(n_words: int, spans, pieces: list[int], budget: int) -> list[tuple
 
 
 def make_segments(record: Record, count_pieces, budget: int) -> list[Segment]:
-    """Pack whole sentences into segments of at most ``budget`` subwords; a sentence
-    longer than the budget becomes a segment of its own (the encoder windows it). A
-    record without sentences is cut where no entity crosses."""
+    """Pack whole sentences into segments of at most ``budget`` subwords. A sentence
+    longer than the budget (a SeNER web page is one "sentence" of up to 10,000 words), or
+    a record without sentences, is cut where no entity crosses, so a segment's training
+    memory stays bounded by the budget."""
     words = record.words
     spans = char_spans_to_word_spans(record.tokens, record.spans)
     pieces = [count_pieces(w) for w in words]
     segments, current, size = [], None, 0
-    ranges = sentence_word_ranges(record) if record.sentences else safe_cuts(len(words), spans, pieces, budget)
+    ranges = []
+    for first, last in sentence_word_ranges(record):
+        if sum(pieces[first:last]) <= budget:
+            ranges.append((first, last))
+            continue
+        inside = [(s - first, e - first, l) for s, e, l in spans if first <= s and e <= last]
+        ranges += [(first + a, first + b) for a, b in safe_cuts(last - first, inside, pieces[first:last], budget)]
     for start, end in ranges:
         cost = sum(pieces[start:end])
         if current is not None and size + cost <= budget:
