@@ -15,6 +15,7 @@ PLUGGED = {
     "demo": ("ner.app.command", "start the Streamlit annotation demo (127.0.0.1 unless told)"),
     "bench": ("ner.benchmark", "words/s of a pipeline on each inference backend, side by side"),
     "export": ("ner.onnx_export", "export a pipeline's model to ONNX"),
+    "gliner-import": ("ner.gliner_checkpoint", "a GLiNER.save_pretrained directory as a zero_shot pipeline"),
 }
 
 
@@ -31,6 +32,9 @@ def main(argv=None) -> int:
     tag.add_argument("--input-format", choices=["txt", "jsonl", "conll"], default=None)
     tag.add_argument("--output-format", choices=["jsonl", "conll", "docbin"], default=None)
     tag.add_argument("--text-field", default="text")
+    tag.add_argument("--labels", default=None,
+                     help="comma-separated entity types: what a zero-shot pipeline looks for "
+                          "(--pipeline zero-shot --labels drug,disease), or a subset of a pipeline's labels")
     tag.add_argument("--batch-size", type=int, default=16)
     tag.add_argument("--errors", metavar="FILE", default=None,
                      help="write every rejected record here as JSON lines (line, reason, record); default: stderr")
@@ -86,6 +90,7 @@ def main(argv=None) -> int:
 
 
 def run_tag(args) -> int:
+    from ner.loading import PipelineError
     from ner.spans import FormatError
     from ner.tag_job import JobError, Limits, TagJob, run_local
     from ner.tagging import WorkerDied
@@ -102,6 +107,7 @@ def run_tag(args) -> int:
     job = TagJob(input=args.input, output=args.output, errors=args.errors, pipeline=args.pipeline,
                  input_format=input_format, output_format=output_format, text_field=args.text_field,
                  batch_size=args.batch_size, n_process=args.n_process, resume=args.resume,
+                 labels=[label.strip() for label in args.labels.split(",") if label.strip()] if args.labels else None,
                  limits=Limits(max_chars=args.max_chars, max_token_chars=args.max_token_chars))
     try:
         if args.engine == "ray":
@@ -115,7 +121,7 @@ def run_tag(args) -> int:
                 summary = run_local(job, progress_bar=bar)
         else:
             summary = run_local(job)
-    except (JobError, FormatError, WorkerDied) as error:
+    except (JobError, FormatError, WorkerDied, PipelineError) as error:
         print(f"ner tag: {error}", file=sys.stderr)
         return 2
     print(summary.line(), file=sys.stderr)

@@ -50,12 +50,15 @@ def pipeline_path(name_or_path) -> Path:
 SPAN_FACTORIES = ("span_ner",)  # the components with a backend setting
 
 
-def load(name_or_path="en", *, backend: str | None = None, **options) -> spacy.language.Language:
+def load(name_or_path="en", *, backend: str | None = None, labels: list[str] | None = None,
+         **options) -> spacy.language.Language:
     """The pipeline ``name_or_path`` (e.g. "en", "biomedical") as a spaCy Language.
     Nothing is fetched from a network. Checksums are verified when the directory has
     them; a damaged directory raises ``PipelineError`` naming the file. ``backend``
     runs its span components on another inference backend than the one its config.cfg
-    names (``ner.kernels.BACKENDS``; "torch" is the fp32 reference)."""
+    names (``ner.kernels.BACKENDS``; "torch" is the fp32 reference). ``labels`` are what
+    its components predict when a call names none: the entity types a ``zero_shot``
+    component is asked for, or the subset of its labels a ``span_ner`` one predicts."""
     path = check_pipeline(name_or_path)
     if backend is not None:
         from ner.kernels import BACKENDS
@@ -66,11 +69,31 @@ def load(name_or_path="en", *, backend: str | None = None, **options) -> spacy.l
         for name in _span_components(path):
             config.setdefault(name, {})["backend"] = backend
     try:
-        return spacy.load(path, **options)
+        nlp = spacy.load(path, **options)
     except PipelineError:
         raise
     except Exception as error:
         raise PipelineError(_diagnose(path, error)) from None
+    if labels is not None:
+        _use_labels(nlp, labels)
+    return nlp
+
+
+def _use_labels(nlp, labels: list[str]) -> None:
+    """Make ``labels`` what the pipeline's components predict when a call names none: the
+    types a ``zero_shot`` component looks for, or the subset of its labels a ``span_ner``
+    one predicts. (Set on the loaded components: their saved settings are read after the
+    config, so a config override would not hold.)"""
+    from ner.components import SpanNER
+    from ner.zero_shot_component import ZeroShotNER, set_default_labels
+
+    set_default_labels(nlp, labels)
+    for name, component in nlp.pipeline:
+        if isinstance(component, SpanNER) and not isinstance(component, ZeroShotNER):
+            unknown = sorted(set(labels) - set(component.labels))
+            if unknown:
+                raise PipelineError(f"component {name!r} has no labels {unknown}; it has {list(component.labels)}")
+            component.cfg["active_labels"] = list(labels)
 
 
 def pipeline_backend(name_or_path) -> str:

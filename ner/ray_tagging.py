@@ -81,7 +81,7 @@ def run_on_ray(job: TagJob, *, address: str | None = None, workers: int | None =
             PipelineActor,
             fn_constructor_kwargs={"pipeline": pipeline, "input_format": job.input_format,
                                    "text_field": job.text_field, "limits": asdict(job.limits),
-                                   "batch_size": job.batch_size},
+                                   "batch_size": job.batch_size, "labels": job.labels},
             batch_size=job.chunk_size, batch_format="numpy", num_cpus=1,
             compute=ray.data.ActorPoolStrategy(size=workers),
         )
@@ -127,13 +127,14 @@ class PipelineActor:
     batch comes back as one row: its output bytes, its rejections, how far it reached
     in each input file, its counts, and when it was tagged."""
 
-    def __init__(self, pipeline: str, input_format: str, text_field: str, limits: dict, batch_size: int):
+    def __init__(self, pipeline: str, input_format: str, text_field: str, limits: dict, batch_size: int,
+                 labels: list[str] | None = None):
         import torch
 
         from ner.tagging import LongRunningPipeline
 
         torch.set_num_threads(1)  # one actor per CPU: more threads would only contend
-        self.pipeline = LongRunningPipeline(pipeline)
+        self.pipeline = LongRunningPipeline(pipeline, labels=labels)
         self.input_format, self.text_field = input_format, text_field
         self.limits, self.batch_size = Limits(**limits), batch_size
 

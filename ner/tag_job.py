@@ -495,6 +495,7 @@ class TagJob:
     n_process: int = 1
     resume: bool = False
     limits: Limits = field(default_factory=Limits)
+    labels: list[str] | None = None  # the entity types asked for (zero-shot), or a subset of the pipeline's
 
     def description(self, engine: str = "local") -> dict:
         """What must not change between a run and its resumption."""
@@ -504,6 +505,7 @@ class TagJob:
             "input_bytes": source.stat().st_size if self.input != "-" and source.is_file() else None,
             "pipeline": str(self.pipeline), "input_format": self.input_format, "output_format": self.output_format,
             "text_field": self.text_field, "limits": asdict(self.limits), "errors": self.errors,
+            "labels": self.labels,
         }
 
     def files(self, engine: str = "local") -> JobFiles:
@@ -594,11 +596,11 @@ def _local_tagger(job: TagJob, pipeline: Path, nlp=None):
     from ner.tagging import LongRunningPipeline, ProcessTagger, tag_or_reject
 
     if job.n_process <= 1:
-        loaded = LongRunningPipeline(pipeline, nlp)
+        loaded = LongRunningPipeline(pipeline, nlp, labels=job.labels)
         yield lambda chunks: ((chunk, tag_or_reject(loaded.nlp, _records(chunk), batch_size=job.batch_size))
                               for chunk in chunks)
         return
-    with ProcessTagger(pipeline, n_process=job.n_process, batch_size=job.batch_size) as tagger:
+    with ProcessTagger(pipeline, n_process=job.n_process, batch_size=job.batch_size, labels=job.labels) as tagger:
         sent = collections.deque()  # chunks handed to the workers; results come back in order
 
         def tag_chunks(chunks):

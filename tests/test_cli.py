@@ -88,6 +88,23 @@ def test_evaluate_several_files_averages_and_maps_labels(pipeline_dir, tmp_path,
     assert "average of 2" in capsys.readouterr().out
 
 
-def test_unknown_pipeline_is_a_clear_error():
-    with pytest.raises(ValueError, match="no pipeline 'nonexistent'"):
-        main(["tag", "--pipeline", "nonexistent"])
+def test_unknown_pipeline_is_a_clear_error(capsys):
+    assert main(["tag", "--pipeline", "nonexistent"]) == 2
+    assert "no pipeline 'nonexistent'" in capsys.readouterr().err
+
+
+def test_tag_labels_restrict_a_pipeline_and_unknown_ones_are_a_clear_error(pipeline_dir, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO(TEXTS[0] + "\n"))
+    assert main(["tag", "--pipeline", str(pipeline_dir), "--labels", "PER"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["text"], e["label"]) for e in rows[0]["entities"]] == [("Angela Merkel", "PER"), ("Tim Cook", "PER")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(TEXTS[0] + "\n"))
+    assert main(["tag", "--pipeline", str(pipeline_dir), "--labels", "PER,DRUG"]) == 2
+    assert "no labels ['DRUG']" in capsys.readouterr().err
+
+
+def test_load_with_labels_sets_what_a_call_predicts_by_default(pipeline_dir):
+    import ner
+
+    nlp = ner.load(pipeline_dir, labels=["LOC"])
+    assert [(e.text, e.label_) for e in nlp("Angela Merkel met Tim Cook in Berlin .").ents] == [("Berlin", "LOC")]

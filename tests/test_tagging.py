@@ -234,9 +234,9 @@ def loaded_once(monkeypatch):
 
     cache, real = {}, ner.loading.load
 
-    def load(path):
+    def load(path, **options):
         if str(path) not in cache:
-            cache[str(path)] = real(path)
+            cache[str(path)] = real(path, **options)
         return cache[str(path)]
 
     monkeypatch.setattr(ner.loading, "load", load)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ner.evaluation import Scores
+from ner.loading import write_checksums
 from ner.spans import char_spans_to_word_spans
 from ner.zero_shot import label_groups
 from ner.training.loop import export_pipeline, linear_schedule, optimizer_step, read_recipe
@@ -267,6 +268,8 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
             export_pipeline(nlp, output)
             log(f"saved best so far to {output}")
         (output / "training.json").write_text(json.dumps({"recipe": recipe, "evaluations": history}, indent=2))
+        if best >= 0:
+            write_checksums(output)  # training.json changed after the export
         model.train()
 
     stop = False
@@ -322,6 +325,8 @@ def held_out_report(score, tuned: float, heldout: list[Source], directory, limit
             f"{100 * scores[0.5].micro['f1']:.2f} at 0.5")
     report = {"threshold": tuned, "at_threshold": summarise(at_tuned), "at_0.5": summarise(at_half)}
     Path(directory, "zero_shot.json").write_text(json.dumps(report, indent=2))
+    if Path(directory, "checksums.sha256").is_file():
+        write_checksums(directory)  # the pipeline directory must still pass its own check
     return report
 
 
