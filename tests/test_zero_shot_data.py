@@ -210,3 +210,16 @@ path = "{tmp_path / 'pipeline'}"
     nlp = ner.load(tmp_path / "pipeline")  # its checksums cover training.json and zero_shot.json, written last
     doc = nlp("the BRCA1 gene", component_cfg={"zero_shot": {"labels": ["gene"]}})
     assert {e.label_ for e in doc.ents} <= {"gene"}
+
+    # a second stage goes on from the saved pipeline: its vocabulary, encoder and head
+    before = nlp.get_pipe("zero_shot").model.state_dict()
+    encoder, first, second = (str(tmp_path / name) for name in ("encoder", "pipeline", "stage2"))
+    stage2 = recipe.replace(f'name = "{encoder}"', f'init = "{first}"').replace(f'path = "{first}"', f'path = "{second}"')
+    (tmp_path / "stage2.toml").write_text(stage2)
+    try:
+        train(tmp_path / "stage2.toml", limit=6, log=lambda *args: None)
+    finally:
+        torch.set_num_threads(threads)
+    after = ner.load(tmp_path / "stage2").get_pipe("zero_shot").model.state_dict()
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())

@@ -95,6 +95,20 @@ def build_pipeline(recipe: dict, transformer, tokenizer):
     return nlp, component
 
 
+def trained_pipeline(recipe: dict):
+    """A trained zero-shot pipeline (``[encoder] init``) to go on training: its encoder,
+    vocabulary and head, on the fp32 reference; the recipe's storage for what it saves."""
+    from ner.loading import load
+
+    nlp = load(recipe["encoder"]["init"])
+    component = nlp.get_pipe("zero_shot")
+    component.cfg["storage"] = recipe.get("output", {}).get("storage", component.cfg["storage"])
+    nlp.meta["sources"] = [{"name": table["dataset"]} for table in recipe["data"]["train"]]
+    if recipe["encoder"].get("freeze_embeddings"):
+        component.model.encoder.transformer.get_input_embeddings().weight.requires_grad_(False)
+    return nlp, component
+
+
 # --------------------------------------------------------------------------- scoring
 
 
@@ -172,7 +186,14 @@ def prepare_mixture(recipe: dict, limit=None, log=print):
     data, settings = recipe["data"], recipe["training"]
     train_sources, heldout = read_sources(data["train"]), read_sources(data.get("heldout", []))
     check_held_out(train_sources, heldout)
-    _, tokenizer = load_pretrained(recipe["encoder"]["name"])
+    if recipe["encoder"].get("init"):  # a later stage counts pieces with the trained pipeline's own tokenizer
+        from transformers import AutoTokenizer
+
+        from ner.loading import pipeline_path
+
+        tokenizer = AutoTokenizer.from_pretrained(pipeline_path(recipe["encoder"]["init"]) / "zero_shot" / "encoder")
+    else:
+        _, tokenizer = load_pretrained(recipe["encoder"]["name"])
     cache: dict[str, int] = {}
 
     def count(word: str) -> int:
@@ -230,7 +251,10 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
         torch.set_num_threads(settings["threads"])
 
     train_examples, dev_examples, sources, heldout, word_lists = prepare_mixture(recipe, limit, log)
-    nlp, component = build_pipeline(recipe, *pretrained_encoder(recipe, word_lists))
+    if recipe["encoder"].get("init"):  # go on training a trained zero-shot pipeline
+        nlp, component = trained_pipeline(recipe)
+    else:
+        nlp, component = build_pipeline(recipe, *pretrained_encoder(recipe, word_lists))
     model = component.model
     sampler = make_sampler(recipe, train_examples, prompt_fits(recipe, model.encoder.tokenizer))
     dev = dev_items(dev_examples, sampler, seed)
@@ -273,7 +297,8 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
         model.train()
 
     stop = False
-    for epoch in range(1, epochs + 1):
+    first = settings.get("first_epoch", 1)  # a later stage goes on with the next epochs' sampled labels and batches
+    for epoch in range(first, first + epochs):
         model.train()
         running, counted = 0.0, 0
         for batch in epoch_plan(train_examples, sampler, weights, batch_words, seed, epoch):
