@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     tag.add_argument("--text-field", default="text")
     tag.add_argument("--labels", default=None,
                      help="comma-separated entity types: what a zero-shot pipeline looks for "
-                          "(--pipeline zero-shot --labels drug,disease), or a subset of a pipeline's labels")
+                          "(--pipeline zero-shot --labels drug,disease, or LABEL=prompt pairs), "
+                          "or a subset of a pipeline's labels")
     tag.add_argument("--batch-size", type=int, default=16)
     tag.add_argument("--errors", metavar="FILE", default=None,
                      help="write every rejected record here as JSON lines (line, reason, record); default: stderr")
@@ -71,7 +72,8 @@ def main(argv=None) -> int:
                           help="inference backend (torch, torch-int8, onnxruntime[-int8], ner-kernels[-int8]); "
                                "default: the one the pipeline's config names")
     evaluate.add_argument("--labels", default=None,
-                          help="comma-separated labels to predict (default: the dataset's own, when DATA names one)")
+                          help="comma-separated labels to predict (default: the dataset's own, when DATA names one); "
+                               "for a zero-shot pipeline LABEL=prompt pairs, e.g. PER=person,LOC=location")
 
     plugged = {}
     for name, (module_name, help_text) in PLUGGED.items():
@@ -107,7 +109,7 @@ def run_tag(args) -> int:
     job = TagJob(input=args.input, output=args.output, errors=args.errors, pipeline=args.pipeline,
                  input_format=input_format, output_format=output_format, text_field=args.text_field,
                  batch_size=args.batch_size, n_process=args.n_process, resume=args.resume,
-                 labels=[label.strip() for label in args.labels.split(",") if label.strip()] if args.labels else None,
+                 labels=parse_labels(args.labels) if args.labels else None,
                  limits=Limits(max_chars=args.max_chars, max_token_chars=args.max_token_chars))
     try:
         if args.engine == "ray":
@@ -126,6 +128,16 @@ def run_tag(args) -> int:
         return 2
     print(summary.line(), file=sys.stderr)
     return 0
+
+
+def parse_labels(text: str):
+    """``--labels``: "a,b" → ["a", "b"]; "PER=person,LOC=location" → {"PER": "person", ...}
+    (a zero-shot pipeline reads each prompt and names its entities by the label)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not any("=" in item for item in items):
+        return items
+    pairs = [item.split("=", 1) if "=" in item else (item, item) for item in items]
+    return {label.strip(): prompt.strip() for label, prompt in pairs}
 
 
 def _format_from_name(name: str, default: str) -> str:
@@ -210,16 +222,19 @@ def _evaluation_labels(nlp, source, args, label_map=None):
     """The labels to predict: --labels, else the dataset's own when the pipeline knows them
     all (a pipeline trained on several label schemes is scored on the dataset's scheme)."""
     if args.labels:
-        return [label.strip() for label in args.labels.split(",") if label.strip()]
+        return parse_labels(args.labels)
     from pathlib import Path
 
     if ":" not in source or Path(source).exists():
         return None
     from ner.components import SpanNER
     from ner.datasets import dataset_info
+    from ner.zero_shot_component import ZeroShotNER
 
-    known = {l for _, c in nlp.pipeline if isinstance(c, SpanNER) for l in c.labels}
     labels = [(label_map or {}).get(l, l) for l in dataset_info(source.split(":")[0])["labels"] or []]
+    if any(isinstance(c, ZeroShotNER) for _, c in nlp.pipeline):
+        return labels or None  # a zero-shot pipeline is asked for the dataset's own types, by name
+    known = {l for _, c in nlp.pipeline if isinstance(c, SpanNER) for l in c.labels}
     return labels if known and labels and set(labels) <= known else None
 
 

@@ -243,3 +243,26 @@ def test_markerv0_span_representation_with_lstm_trains():
     assert overfit(component, steps=5) > 0
     doc = nlp("Angela Merkel met Tim Cook in Berlin .", component_cfg={"zero_shot": {"labels": LABELS, "threshold": 0.0}})
     assert len(doc.spans["ner"]) > 0
+
+
+def test_ner_evaluate_and_tag_ask_a_zero_shot_pipeline_for_label_prompt_pairs(trained, tmp_path, capsys):
+    import json
+
+    from ner.cli import main, parse_labels
+
+    assert parse_labels("drug, disease") == ["drug", "disease"]
+    assert parse_labels("PER=person,LOC=location") == {"PER": "person", "LOC": "location"}
+    nlp, _, _ = trained
+    nlp.to_disk(tmp_path / "pipeline")
+    data = tmp_path / "gold.conll"
+    data.write_text("".join(f"{w} {t}\n" for w, t in zip("Angela Merkel met Tim Cook in Berlin .".split(),
+                                                         ["B-PER", "I-PER", "O", "B-PER", "I-PER", "O", "B-LOC", "O"])))
+    assert main(["evaluate", str(tmp_path / "pipeline"), str(data), "--labels", "PER=person,LOC=location",
+                 "--json", str(tmp_path / "scores.json")]) == 0
+    assert json.loads((tmp_path / "scores.json").read_text())["micro"]["f1"] == 1.0
+    source = tmp_path / "in.txt"
+    source.write_text("Angela Merkel met Tim Cook in Berlin .\n")
+    assert main(["tag", str(source), "-o", str(tmp_path / "out.jsonl"), "--pipeline", str(tmp_path / "pipeline"),
+                 "--labels", "PER=person,LOC=location"]) == 0
+    row = json.loads((tmp_path / "out.jsonl").read_text())
+    assert [(e["text"], e["label"]) for e in row["entities"]] == [("Angela Merkel", "PER"), ("Tim Cook", "PER"), ("Berlin", "LOC")]
