@@ -185,3 +185,13 @@ def test_gradual_block_pruning_follows_its_schedule_and_keeps_pruned_blocks_zero
         assert block_density(linear.weight) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="start < end"):
         GradualBlockPruning(transformer, 0.5, 10, start=0.6, end=0.5)
+
+
+def test_the_token_classifier_peer_trains_with_one_output_per_bio_tag(tmp_path, tiny_encoder_dir):
+    from ner.training.peers import TokenClassifier, train_token_classifier
+
+    train_token_classifier(write_recipe(tmp_path, "peer", encoder=tiny_encoder_dir), tmp_path / "peer-out")
+    classifier = TokenClassifier.load(tmp_path / "peer-out")
+    assert classifier.model.config.num_labels == 9 and classifier.tags[0] == "O"  # O + B/I of 4 labels
+    (spans,) = classifier.predict_spans([["Angela", "Merkel", "visited", "Berlin"]])
+    assert all(0 <= s < e <= 4 and label in {"PER", "ORG", "LOC", "MISC"} for s, e, label in spans)

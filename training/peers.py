@@ -17,6 +17,7 @@ interleaved, so the words/s ratios hold on a shared, noisy machine.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import subprocess
@@ -111,7 +112,10 @@ def train_token_classifier(recipe_path, output):
         keep = vocabulary_pieces(tokenizer, train + dev, recipe["encoder"].get("extra_pieces", 0))
         transformer, tokenizer = trim_vocabulary(transformer, tokenizer, keep)
     tags = ["O"] + [f"{p}-{l}" for l in labels for p in "BI"]
-    model = AutoModelForTokenClassification.from_config(transformer.config.__class__(**{**transformer.config.to_dict(), "num_labels": len(tags)}))
+    config = copy.deepcopy(transformer.config)
+    config.id2label = dict(enumerate(tags))  # num_labels follows id2label
+    config.label2id = {tag: i for i, tag in enumerate(tags)}
+    model = AutoModelForTokenClassification.from_config(config)
     getattr(model, model.base_model_prefix).load_state_dict(transformer.state_dict(), strict=False)
     classifier = TokenClassifier(model, tokenizer, tags)
     count = lambda w: len(tokenizer([w], is_split_into_words=True, add_special_tokens=False)["input_ids"])
@@ -136,7 +140,7 @@ def train_token_classifier(recipe_path, output):
         print(json.dumps(history[-1]), flush=True)
     model.eval()
     classifier.save(output)
-    (Path(output) / "training.json").write_text(json.dumps({"recipe": recipe_path, "epochs": history}, indent=2))
+    (Path(output) / "training.json").write_text(json.dumps({"recipe": str(recipe_path), "epochs": history}, indent=2))
 
 
 def train_spacy_cnn(recipe_path, output):

@@ -31,11 +31,15 @@ from ner.training.loop import linear_schedule, read_recipe
 from ner.training.zero_shot_data import Item, dev_items, epoch_plan
 from ner.training.zero_shot_loop import (
     THRESHOLDS,
+    held_out_records,
     held_out_report,
+    held_out_scores,
+    item_scores,
     make_sampler,
     prepare_mixture,
     pretrained_encoder,
     prompt_fits,
+    summarise,
 )
 
 
@@ -222,15 +226,81 @@ def peer_report(model_dir, heldout, limit=None, log=print) -> dict:
     return held_out_report(score, tuned, heldout, model_dir, limit, log, name="peer ")
 
 
+# Both models' thresholds are chosen on dev over this grid: it reaches below training's
+# (0.1) because the peer's best dev threshold sat at that floor (GLiNER's loss is summed
+# binary cross-entropy without a score bias, and its scores stay low).
+COMPARE_THRESHOLDS = (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def compare(recipe_path, ours, peer_dir, *, limit=None, log=print) -> dict:
+    """This suite's zero-shot pipeline ``ours`` against the trained peer in ``peer_dir``, in
+    one run: each model's threshold chosen on the same dev items over the same grid, then
+    both scored on every held-out dataset one after the other, with words/s."""
+    import ner
+    from gliner import GLiNER
+
+    recipe = read_recipe(recipe_path)
+    seed = recipe["training"].get("seed", 0)
+    train_examples, dev_examples, _, heldout, _ = prepare_mixture(recipe, limit, log)
+    nlp = ner.load(ours)
+    component = nlp.get_pipe("zero_shot")
+    sampler = make_sampler(recipe, train_examples, prompt_fits(recipe, component.model.encoder.tokenizer))
+    dev = dev_items(dev_examples, sampler, seed)
+    gliner = GLiNER.from_pretrained(str(peer_dir), local_files_only=True, load_tokenizer=True)
+    gliner.data_processor.words_splitter = SpaceSplitter()
+    gliner.model.eval()
+    scorers = {
+        "ours": (lambda items: item_scores(component.model, items, COMPARE_THRESHOLDS, component.cfg["decoding"]),
+                 lambda records, labels, thresholds: held_out_scores(component, records, labels, thresholds)),
+        "peer": (lambda items: peer_item_scores(gliner, items, COMPARE_THRESHOLDS),
+                 lambda records, labels, thresholds: peer_held_out_scores(gliner, records, labels, thresholds)),
+    }
+    report = {"recipe": str(recipe_path), "ours": str(ours), "peer": str(peer_dir), "models": {}}
+    for name, (score_dev, _) in scorers.items():
+        scores = score_dev(dev)
+        threshold = max(scores, key=lambda t: scores[t].micro["f1"])
+        report["models"][name] = {"threshold": threshold, "dev_f1": round(scores[threshold].micro["f1"], 4),
+                                  "held_out": {}, "words": 0, "seconds": 0.0}
+        log(f"{name}: dev F1 {100 * scores[threshold].micro['f1']:.2f} at threshold {threshold}")
+    for source in heldout:
+        records, labels = held_out_records(source, limit)
+        n_words = sum(len(r.tokens) for r in records)
+        for name, (_, score_held_out) in scorers.items():
+            model = report["models"][name]
+            started = time.perf_counter()
+            scores = score_held_out(records, labels, [model["threshold"]])[model["threshold"]]
+            model["seconds"] += time.perf_counter() - started
+            model["words"] += n_words
+            model["held_out"][source.name] = scores
+            log(f"{name} {source.name}: F1 {100 * scores.micro['f1']:.2f}")
+    for model in report["models"].values():
+        model["held_out"] = summarise(model["held_out"])
+        model["words_per_second"] = round(model["words"] / max(model["seconds"], 1e-9))
+    ours_f1, peer_f1 = (report["models"][n]["held_out"]["average_f1"] for n in ("ours", "peer"))
+    report["difference"] = round(100 * (ours_f1 - peer_f1), 2)
+    log(f"held-out average F1: ours {100 * ours_f1:.2f}, peer {100 * peer_f1:.2f} ({report['difference']:+.2f} points)")
+    return report
+
+
 def main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(description="train the gliner-library peer of a zero-shot recipe")
+    parser = argparse.ArgumentParser(description="train the gliner-library peer of a zero-shot recipe, "
+                                                 "or compare a trained one with this suite's pipeline")
     parser.add_argument("recipe")
     parser.add_argument("-o", "--output", default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--compare", metavar="PIPELINE", default=None,
+                        help="no training: score PIPELINE and the peer saved in OUTPUT/model-best side by side")
+    parser.add_argument("--json", dest="json_path", default=None, help="--compare: also write the report here")
     args = parser.parse_args(argv)
+    if args.compare:
+        peer_dir = Path(args.output or read_recipe(args.recipe).get("peer", {}).get("output", "runs/zero-shot-peer"))
+        report = compare(args.recipe, args.compare, peer_dir / "model-best", limit=args.limit)
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(report, indent=2))
+        return 0
     result = train_peer(args.recipe, output=args.output, epochs=args.epochs, limit=args.limit)
     print(f"peer best dev F1 {100 * result['best_dev_f1']:.2f}; held-out average F1 "
           f"{100 * result['zero_shot']['at_threshold']['average_f1']:.2f}; saved to {result['output']}")
