@@ -126,3 +126,18 @@ def test_multilingual_stores_its_embeddings_at_4_bits():
 
     cfg = json.loads((PIPELINES / "multilingual" / "ner" / "cfg.json").read_text())
     assert cfg["storage"] == "int8-emb4"
+
+
+@pytest.fixture(scope="module")
+def zero_shot():
+    return ner.load("zero-shot")
+
+
+def test_zero_shot_finds_the_types_it_is_asked_for(zero_shot):
+    doc = zero_shot("Angela Merkel met Tim Cook in Berlin.", component_cfg={"zero_shot": {"labels": ["person", "city"]}})
+    assert ("Angela Merkel", "person") in entities(doc) and ("Tim Cook", "person") in entities(doc)
+    assert {e.label_ for e in doc.ents} <= {"person", "city"}
+    doc = zero_shot("Imatinib is used to treat chronic myeloid leukaemia in adults.",
+                    component_cfg={"zero_shot": {"labels": ["drug", "disease"]}})
+    assert ("Imatinib", "drug") in entities(doc)
+    assert all(0.0 < e._.score <= 1.0 for e in doc.ents)
