@@ -141,3 +141,22 @@ def test_zero_shot_finds_the_types_it_is_asked_for(zero_shot):
                     component_cfg={"zero_shot": {"labels": ["drug", "disease"]}})
     assert ("Imatinib", "drug") in entities(doc)
     assert all(0.0 < e._.score <= 1.0 for e in doc.ents)
+
+
+@pytest.fixture(scope="module")
+def long_span():
+    return ner.load("long-span")
+
+
+def test_long_span_finds_profile_entities_and_scientific_terms(long_span):
+    profile = [label for label in long_span.get_pipe("ner").labels if label not in ("Method", "Task", "Metric", "Material")]
+    text = ("John Smith is a Professor of Computer Science at Stanford University. He received his Ph.D. "
+            "from MIT in 1998. His research interests include machine learning, natural language processing "
+            "and computer vision. He received the Turing Award in 2015.")
+    doc = long_span(text, component_cfg={"ner": {"labels": profile}})
+    spans = {(s.text, s.label_) for s in doc.spans["ner"]}
+    assert ("the Turing Award", "awards") in spans and ("Ph.D.", "highest_education") in spans
+    assert {s.label_ for s in doc.spans["ner"]} <= set(profile)
+    doc = long_span("We propose a graph neural network for named entity recognition and report its F1 score.",
+                    component_cfg={"ner": {"labels": ["Method", "Task", "Metric", "Material"]}})
+    assert ("graph neural network", "Method") in {(s.text, s.label_) for s in doc.spans["ner"]}

@@ -225,7 +225,7 @@ def markdown_table(f1: dict, names: list[str]) -> str:
 
 
 def plot(memory: list[dict], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # pip install -e ".[report]"
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
