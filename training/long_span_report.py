@@ -175,17 +175,18 @@ def score_settings(model, data: list[str], settings, *, limit=None, batch_size: 
     return scores
 
 
-def f1_table(pipelines: dict, tune_on: list[str], limit: int | None = None) -> dict:
+def f1_table(pipelines: dict, tune_on: list[str], limit: int | None = None, backend: str | None = None) -> dict:
     """Per pipeline: the decoding setting with the best mean over the dev sets ``tune_on``
     of their micro F1 (so SciREX's dense mentions do not outvote SeNER's long ones; the
     same procedure for every pipeline), then strict micro F1 and F1 per entity-length
-    bucket on each test set at that setting."""
+    bucket on each test set at that setting. ``backend``: run every pipeline on it instead
+    of the one its config names (e.g. "torch", the fp32 reference)."""
     import ner
     from ner.components import SpanNER
 
     results = {}
     for name, path in pipelines.items():
-        model = next(c for _, c in ner.load(path).pipeline if isinstance(c, SpanNER)).model
+        model = next(c for _, c in ner.load(path, backend=backend).pipeline if isinstance(c, SpanNER)).model
         started = time.perf_counter()
         settings = decode_settings(model)
         dev = {data: score_settings(model, [data], settings, limit=limit) for data in tune_on}
@@ -258,6 +259,8 @@ def main(argv=None) -> int:
                         help="dev data to choose each pipeline's threshold on (default: long-span.toml's [data] dev)")
     parser.add_argument("--limit", type=int, default=None, help="records per dev/test set (smoke runs)")
     parser.add_argument("--skip-costs", action="store_true", help="F1 only: no memory/time curves, no 50k-word check")
+    parser.add_argument("--backend", default=None,
+                        help="F1 of every pipeline on this inference backend (default: each one's config)")
     args = parser.parse_args(argv)
     if args.measure:
         print(json.dumps(measure(args.measure[0], int(args.measure[1]))))
@@ -271,7 +274,7 @@ def main(argv=None) -> int:
 
         scored = [n for n in pipelines if n not in args.cost_only]
         report["f1"] = f1_table({n: pipelines[n] for n in scored}, args.tune_on or read_recipe(RECIPE)["data"]["dev"],
-                                args.limit)
+                                args.limit, args.backend)
         report["f1_table"] = markdown_table(report["f1"], scored)
         print(report["f1_table"], flush=True)
         (out / "long_span_f1.json").write_text(json.dumps(report, indent=2))
