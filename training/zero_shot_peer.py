@@ -214,13 +214,19 @@ def train_peer(recipe_path, *, output=None, epochs=None, limit=None, log=print) 
     return {"best_dev_f1": best, "evaluations": history, "output": str(best_dir), "zero_shot": report}
 
 
-def peer_report(model_dir, heldout, limit=None, log=print) -> dict:
-    """Scores of the saved peer on each held-out dataset at its dev-tuned threshold and at
-    0.5, written to ``zero_shot.json`` beside it."""
+def load_peer(model_dir):
+    """A peer saved by ``train_peer``, reading the dataset's words as they are (no re-splitting)."""
     from gliner import GLiNER
 
     gliner = GLiNER.from_pretrained(str(model_dir), local_files_only=True, load_tokenizer=True)
     gliner.data_processor.words_splitter = SpaceSplitter()
+    return gliner
+
+
+def peer_report(model_dir, heldout, limit=None, log=print) -> dict:
+    """Scores of the saved peer on each held-out dataset at its dev-tuned threshold and at
+    0.5, written to ``zero_shot.json`` beside it."""
+    gliner = load_peer(model_dir)
     tuned = json.loads((Path(model_dir) / "threshold.json").read_text())["threshold"]
     score = lambda records, labels, thresholds: peer_held_out_scores(gliner, records, labels, thresholds)
     return held_out_report(score, tuned, heldout, model_dir, limit, log, name="peer ")
@@ -237,7 +243,6 @@ def compare(recipe_path, ours, peer_dir, *, limit=None, log=print) -> dict:
     one run: each model's threshold chosen on the same dev items over the same grid, then
     both scored on every held-out dataset one after the other, with words/s."""
     import ner
-    from gliner import GLiNER
 
     recipe = read_recipe(recipe_path)
     seed = recipe["training"].get("seed", 0)
@@ -246,8 +251,7 @@ def compare(recipe_path, ours, peer_dir, *, limit=None, log=print) -> dict:
     component = nlp.get_pipe("zero_shot")
     sampler = make_sampler(recipe, train_examples, prompt_fits(recipe, component.model.encoder.tokenizer))
     dev = dev_items(dev_examples, sampler, seed)
-    gliner = GLiNER.from_pretrained(str(peer_dir), local_files_only=True, load_tokenizer=True)
-    gliner.data_processor.words_splitter = SpaceSplitter()
+    gliner = load_peer(peer_dir)
     gliner.model.eval()
     scorers = {
         "ours": (lambda items: item_scores(component.model, items, COMPARE_THRESHOLDS, component.cfg["decoding"]),
