@@ -195,3 +195,16 @@ def test_the_token_classifier_peer_trains_with_one_output_per_bio_tag(tmp_path, 
     assert classifier.model.config.num_labels == 9 and classifier.tags[0] == "O"  # O + B/I of 4 labels
     (spans,) = classifier.predict_spans([["Angela", "Merkel", "visited", "Berlin"]])
     assert all(0 <= s < e <= 4 and label in {"PER", "ORG", "LOC", "MISC"} for s, e, label in spans)
+
+
+def test_a_recipe_that_trains_on_its_dev_data_keeps_its_last_epoch_and_threshold(tmp_path, tiny_encoder_dir):
+    lines = []
+    recipe = write_recipe(tmp_path, "last", encoder=tiny_encoder_dir,
+                          training='keep = "last"\ntune_threshold = false\nlearning_rate = 1e-3')
+    result = train(recipe, epochs=2, log=lines.append)
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+    assert [e["threshold"] for e in result["epochs"]] == [0.5, 0.5]
+    saved = [i for i, line in enumerate(lines) if str(line).startswith("saved")]
+    epoch_two = next(i for i, line in enumerate(lines) if '"epoch": 2' in str(line))
+    assert saved and all(i > epoch_two for i in saved)  # nothing saved before the last epoch
+    assert any("keeps its last epoch" in str(line) for line in lines)

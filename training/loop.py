@@ -3,7 +3,8 @@
 A recipe names its data (``dataset:split`` from the manifest), its encoder (and whether to
 trim its vocabulary to the pieces the data uses), the span head's shape, the optimiser's
 few numbers and the seed. ``ner train RECIPE`` runs it; the best epoch on the dev data is
-kept, and a ``training.json`` beside the weights records every epoch.
+kept (the last, with ``keep = "last"``, for a recipe that trains on its dev data), and a
+``training.json`` beside the weights records every epoch.
 """
 from __future__ import annotations
 
@@ -263,6 +264,8 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
     output = Path(output or recipe["output"]["path"])
     output.mkdir(parents=True, exist_ok=True)
     history, best = [], -1.0
+    # "last" for a recipe that trains on its dev data too: the dev F1 cannot pick an epoch then
+    keep_last = settings.get("keep", "best-dev") == "last"
     for epoch in range(1, epochs + 1):
         started = time.time()
         batches = length_batches(segments, settings.get("batch_words", 1500), rng)
@@ -284,7 +287,9 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> di
         (output / "training.json").write_text(json.dumps({"recipe": recipe, "epochs": history}, indent=2))
         if pruning is not None and not pruning.done:
             log(f"not saved: block sparsity {pruning.sparsity:.2f} is short of {pruning.final_sparsity}")
-        elif scores["f1"] > best:
+        elif keep_last and epoch < epochs:
+            log("not saved: the recipe keeps its last epoch (its dev data is trained on)")
+        elif keep_last or scores["f1"] > best:
             best = scores["f1"]
             export_pipeline(nlp, output, output_config(nlp, recipe))  # writes the checksums, training.json's included
             log(f"saved best so far to {output}")
