@@ -26,6 +26,7 @@ class PackedOutput:
 
 @dataclass
 class PackedLayer:
+    n_heads: int  # this layer's attention heads (fewer than the config's when heads were pruned)
     qkv: BlockSparseWeight  # query, key and value stacked: one pass over the tokens
     attention_output: BlockSparseWeight
     attention_norm: tuple[torch.Tensor, torch.Tensor]
@@ -47,7 +48,6 @@ class PackedBertEncoder(nn.Module):
         self.config = config
         self.kernels = kernels
         self.dtype = dtype
-        self.n_heads = config.num_attention_heads
         self.eps = config.layer_norm_eps
         self.workspace = Workspace()
         embeddings = bert.embeddings
@@ -66,6 +66,7 @@ class PackedBertEncoder(nn.Module):
             qkv_weight = torch.cat([attention.self.query.weight, attention.self.key.weight, attention.self.value.weight])
             qkv_bias = torch.cat([attention.self.query.bias, attention.self.key.bias, attention.self.value.bias])
             self.layers.append(PackedLayer(
+                n_heads=attention.self.num_attention_heads,
                 qkv=pack(qkv_weight, qkv_bias),
                 attention_output=pack(attention.output.dense.weight, attention.output.dense.bias),
                 attention_norm=(attention.output.LayerNorm.weight.detach().clone(), attention.output.LayerNorm.bias.detach().clone()),
@@ -103,7 +104,7 @@ class PackedBertEncoder(nn.Module):
         kernels, n = self.kernels, x.shape[0]
         take = self._buffer if x.device.type == "cpu" else (lambda *_args: None)
         qkv = kernels.linear(x, layer.qkv, out=take("qkv", (n, layer.qkv.n_out)))
-        context = kernels.attention(qkv, lengths, self.n_heads, out=take("context", (n, x.shape[1])))
+        context = kernels.attention(qkv, lengths, layer.n_heads, out=take("context", (n, layer.attention_output.n_in)))
         attended = kernels.linear(context, layer.attention_output, epilogue="residual", residual=x,
                                   out=take("attended", (n, x.shape[1])))
         x = kernels.layer_norm(attended, *layer.attention_norm, self.eps)

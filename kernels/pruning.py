@@ -5,8 +5,8 @@ pruned matrix costs work in proportion to the blocks it keeps. These are pure fu
 weights; the recipes that prune gradually while training (and recover the accuracy that
 one-shot pruning loses) belong in ``training/``.
 
-FFN-neuron pruning is structured: it removes intermediate neurons, so the matrices become
-smaller dense ones that any backend runs faster.
+FFN-neuron and attention-head pruning are structured: they remove intermediate neurons or
+whole heads, so the matrices become smaller dense ones that any backend runs faster.
 """
 from __future__ import annotations
 
@@ -91,3 +91,67 @@ def prune_ffn_neurons(transformer: nn.Module, size: int) -> None:
             smaller_out.bias.copy_(out_of.bias)
             layer.intermediate.dense, layer.output.dense = smaller_in, smaller_out
     transformer.config.intermediate_size = size
+
+
+@torch.no_grad()
+def attention_head_importance(transformer: nn.Module, batches) -> torch.Tensor:
+    """(layers, heads) importance of every attention head on real input: the mean norm, over
+    the batches' real tokens, of what the head adds to its layer's output (its context
+    vector through its slice of the output projection). ``batches`` yields
+    ``(input_ids, attention_mask)`` pairs."""
+    layers = transformer.encoder.layer
+    totals = [None] * len(layers)
+    tokens = 0
+    state = {}
+
+    def hook(index):
+        def record(module, inputs, _output):
+            context = inputs[0][state["mask"]]  # (real tokens, heads * head_size)
+            heads = layers[index].attention.self.num_attention_heads
+            size = context.shape[1] // heads
+            weight = module.weight.view(module.out_features, heads, size)
+            per_head = torch.einsum("thd,ohd->tho", context.view(-1, heads, size), weight).norm(dim=2).sum(0)
+            totals[index] = per_head if totals[index] is None else totals[index] + per_head
+        return record
+
+    handles = [layer.attention.output.dense.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    was_training = transformer.training
+    transformer.eval()
+    try:
+        for input_ids, attention_mask in batches:
+            state["mask"] = attention_mask.bool()
+            transformer(input_ids=input_ids, attention_mask=attention_mask)
+            tokens += int(attention_mask.sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+        transformer.train(was_training)
+    if tokens == 0:
+        raise ValueError("attention-head importance needs at least one real token")
+    widths = {t.shape[0] for t in totals}
+    if len(widths) != 1:  # layers already pruned to different head counts: pad with -inf (never kept)
+        width = max(widths)
+        totals = [torch.cat([t, t.new_full((width - t.shape[0],), float("-inf"))]) for t in totals]
+    return torch.stack(totals) / tokens
+
+
+def prune_attention_heads(transformer: nn.Module, heads: int, importance: torch.Tensor) -> dict[int, list[int]]:
+    """Keep the ``heads`` most important attention heads of every layer, in place (the
+    query/key/value rows and output-projection columns of the others are removed; the
+    config's ``pruned_heads`` records them, so the encoder rebuilds at its new shape when
+    loaded). Returns the heads removed per layer, in the layer's current numbering."""
+    current = transformer.config.num_attention_heads
+    if not 0 < heads <= current:
+        raise ValueError(f"heads per layer must be in 1..{current}, got {heads}")
+    drop = {}
+    for index, layer in enumerate(transformer.encoder.layer):
+        present = layer.attention.self.num_attention_heads
+        if heads >= present:
+            continue
+        # HF numbers heads by their original index and skips the ones already pruned
+        original = [h for h in range(current) if h not in layer.attention.pruned_heads]
+        order = torch.argsort(importance[index, :present], descending=True)
+        drop[index] = sorted(original[int(h)] for h in order[heads:])
+    if drop:
+        transformer.prune_heads(drop)
+    return drop

@@ -128,8 +128,10 @@ def quantize_encoder(source, target, config) -> Path:
     target = Path(target)
     with tempfile.TemporaryDirectory() as scratch:
         fused = Path(scratch) / "fused.onnx"
-        optimized = optimize_model(str(source), model_type="bert", num_heads=config.num_attention_heads,
-                                   hidden_size=config.hidden_size)
+        # pruned heads leave layers with different head counts: the optimiser then detects them per layer
+        pruned = bool(getattr(config, "pruned_heads", None))
+        optimized = optimize_model(str(source), model_type="bert", num_heads=0 if pruned else config.num_attention_heads,
+                                   hidden_size=0 if pruned else config.hidden_size)
         optimized.save_model_to_file(str(fused))
         # Shape inference cannot type the fused contrib ops' outputs; they are all fp32.
         quantize_dynamic(str(fused), str(target), weight_type=QuantType.QInt8, per_channel=True,

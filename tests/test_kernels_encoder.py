@@ -17,7 +17,8 @@ from ner.kernels import build
 from ner.kernels.backends import default_kernels
 from ner.kernels.native import native_kernels
 from ner.kernels.packed_encoder import PackedBertEncoder
-from ner.kernels.pruning import block_magnitude_mask, prune_blocks, prune_ffn_neurons
+from ner.kernels.pruning import (attention_head_importance, block_magnitude_mask, prune_attention_heads,
+                                 prune_blocks, prune_ffn_neurons)
 from ner.kernels.reference import ReferenceKernels
 
 import test_span_ner  # the module, not the class: importing the class would collect its test here again
@@ -177,6 +178,41 @@ def test_ffn_pruning_drops_the_weakest_neurons_into_smaller_dense_matrices():
     assert (got - after).abs().max() <= 1e-4
     with pytest.raises(ValueError, match="FFN size"):
         prune_ffn_neurons(model, 65)
+
+
+def test_head_pruning_drops_the_heads_that_add_nothing_and_the_model_rebuilds_from_its_config(tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    model = bert(hidden=64, heads=4, layers=2)  # heads of 16
+    silent = {0: [1, 3], 1: [0, 2]}  # their output-projection columns are zero: they add nothing
+    with torch.no_grad():
+        for layer, heads in silent.items():
+            for head in heads:
+                model.encoder.layer[layer].attention.output.dense.weight[:, head * 16:(head + 1) * 16] = 0.0
+    ids, mask = padded_batch([20, 7, 13], 20)
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+    importance = attention_head_importance(model, [(ids, mask)])
+    assert importance.shape == (2, 4)
+    assert all(importance[layer, head] == 0 and importance[layer].max() > 0
+               for layer, heads in silent.items() for head in heads)
+    assert prune_attention_heads(model, 2, importance) == silent
+    with torch.no_grad():
+        after = model(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+    assert model.encoder.layer[0].attention.self.query.weight.shape == (32, 64)
+    assert model.encoder.layer[1].attention.output.dense.weight.shape == (64, 32)
+    assert (after - before).abs().max() <= 1e-5
+    packed = PackedBertEncoder(model, default_kernels())  # the kernels run each layer's own head count
+    with torch.no_grad():
+        got = packed.forward(ids, mask).last_hidden_state[mask.bool()]
+    assert (got - after).abs().max() <= 1e-4
+    model.config.save_pretrained(tmp_path)  # a saved pipeline rebuilds its encoder from the config alone
+    rebuilt = AutoModel.from_config(AutoConfig.from_pretrained(tmp_path), add_pooling_layer=False).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()], after)
+    with pytest.raises(ValueError, match="heads per layer"):
+        prune_attention_heads(model, 5, importance)
 
 
 def test_without_a_compiler_the_reference_runs_with_a_warning(monkeypatch, tmp_path):

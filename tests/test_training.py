@@ -208,3 +208,21 @@ def test_a_recipe_that_trains_on_its_dev_data_keeps_its_last_epoch_and_threshold
     epoch_two = next(i for i, line in enumerate(lines) if '"epoch": 2' in str(line))
     assert saved and all(i > epoch_two for i in saved)  # nothing saved before the last epoch
     assert any("keeps its last epoch" in str(line) for line in lines)
+
+
+def test_a_student_with_pruned_attention_heads_saves_and_loads_at_its_new_shape(tmp_path):
+    tokenizer = tiny_tokenizer()
+    tiny_transformer(len(tokenizer), hidden=64).save_pretrained(tmp_path / "encoder64")  # 2 heads of 32
+    tokenizer.save_pretrained(tmp_path / "encoder64")
+    teacher = train(write_recipe(tmp_path, "teacher", encoder=tmp_path / "encoder64"), log=lambda *a: None)["output"]
+    recipe = write_recipe(tmp_path, "student", init=teacher, training='learning_rate = 1e-3\nbackend = "ner-kernels"')
+    recipe.write_text(recipe.read_text().replace(f'init = "{teacher}"', f'init = "{teacher}"\nheads = 1'))
+    result = train(recipe, log=lambda *a: None)
+    nlp = spacy.load(result["output"], config={"components": {"ner": {"backend": "torch"}}})
+    attention = nlp.get_pipe("ner").model.encoder.transformer.encoder.layer[0].attention
+    assert attention.self.num_attention_heads == 1 and attention.self.query.weight.shape == (32, 64)
+    words = "Angela Merkel met Tim Cook in Berlin .".split()
+    kernels = spacy.load(result["output"], config={"components": {"ner": {"backend": "ner-kernels"}}})
+    torch_probs, _ = nlp.get_pipe("ner").model.probabilities([words])
+    kernel_probs, _ = kernels.get_pipe("ner").model.probabilities([words])
+    assert abs(torch_probs[0] - kernel_probs[0]).max() < 1e-4  # the kernels run the pruned layer the same

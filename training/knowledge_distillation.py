@@ -36,18 +36,35 @@ def keep_layers(transformer, layers) -> None:
         raise ValueError(f"layers {layers!r} are not within the encoder's {len(stack)} layers")
     transformer.encoder.layer = nn.ModuleList([stack[i] for i in indices])
     transformer.config.num_hidden_layers = len(indices)
+    pruned = getattr(transformer.config, "pruned_heads", None) or {}
+    transformer.config.pruned_heads = {new: pruned[old] for new, old in enumerate(indices) if old in pruned}
 
 
-def shape_encoder(transformer, encoder: dict) -> None:
+def shape_encoder(transformer, encoder: dict, tokenizer=None, records=()) -> None:
     """Apply a recipe's ``[encoder]`` structure to a transformer, in place: ``layers``
-    (see ``keep_layers``) and ``ffn_size`` (the most important FFN neurons of each
-    layer, ``ner.kernels.pruning.prune_ffn_neurons``)."""
+    (see ``keep_layers``), ``ffn_size`` (the most important FFN neurons of each layer,
+    ``ner.kernels.pruning.prune_ffn_neurons``) and ``heads`` (the most important attention
+    heads of each layer on the first ``importance_records`` of ``records``, default 256,
+    ``ner.kernels.pruning.prune_attention_heads``)."""
     if encoder.get("layers"):
         keep_layers(transformer, encoder["layers"])
     if encoder.get("ffn_size"):
         from ner.kernels.pruning import prune_ffn_neurons
 
         prune_ffn_neurons(transformer, encoder["ffn_size"])
+    if encoder.get("heads"):
+        from ner.kernels.pruning import attention_head_importance, prune_attention_heads
+
+        if tokenizer is None or not records:
+            raise ValueError("pruning attention heads needs text to rank them on: give the training records")
+        sample = [r.words for r in records[: encoder.get("importance_records", 256)]]
+        longest = min(256, transformer.config.max_position_embeddings)
+        batches = []
+        for start in range(0, len(sample), 16):
+            encoded = tokenizer(sample[start:start + 16], is_split_into_words=True, truncation=True, max_length=longest,
+                                padding=True, return_tensors="pt")
+            batches.append((encoded["input_ids"], encoded["attention_mask"]))
+        prune_attention_heads(transformer, encoder["heads"], attention_head_importance(transformer, batches))
 
 
 def unlabeled_segments(recipe: dict, count_pieces, budget: int, limit: int | None = None):

@@ -100,7 +100,8 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         nlp.meta["sources"] = nlp.meta.get("sources", []) + [{"name": n} for n in recipe["data"]["train"]]
         from ner.training.knowledge_distillation import shape_encoder
 
-        shape_encoder(ner.model.encoder.transformer, encoder)  # a student: fewer layers, a smaller FFN
+        # a student: fewer layers, a smaller FFN, fewer attention heads
+        shape_encoder(ner.model.encoder.transformer, encoder, ner.model.encoder.tokenizer, train_records)
         return nlp, ner
     nlp = spacy.blank(pipeline.get("lang", "xx"))
     if pipeline.get("attached_prefixes"):  # e.g. "#": #hashtags stay one word, as in tweet data
@@ -130,7 +131,7 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         transformer, tokenizer = trim_vocabulary(transformer, tokenizer, keep)
     from ner.training.knowledge_distillation import shape_encoder
 
-    shape_encoder(transformer, encoder)
+    shape_encoder(transformer, encoder, tokenizer, train_records)
     ner.set_model(transformer, tokenizer)
     return nlp, ner
 
