@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     train.add_argument("-o", "--output", default=None, help="pipeline directory (default: the recipe's)")
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--limit", type=int, default=None, help="records per dataset split (smoke runs)")
+    train.add_argument("--seed", type=int, default=None, help="override the recipe's seed (a repeat of a run)")
 
     evaluate = commands.add_parser("evaluate", help="strict entity-level P/R/F1 of a pipeline on data")
     evaluate.add_argument("pipeline")
@@ -150,7 +151,7 @@ def _format_from_name(name: str, default: str) -> str:
 def run_train(args) -> int:
     from ner.training.loop import train
 
-    result = train(args.recipe, output=args.output, epochs=args.epochs, limit=args.limit)
+    result = train(args.recipe, output=args.output, epochs=args.epochs, limit=args.limit, seed=args.seed)
     print(f"best dev F1 {100 * result['best_dev_f1']:.2f}; pipeline saved to {result['output']}")
     return 0
 

@@ -208,6 +208,9 @@ def test_a_recipe_that_trains_on_its_dev_data_keeps_its_last_epoch_and_threshold
     epoch_two = next(i for i, line in enumerate(lines) if '"epoch": 2' in str(line))
     assert saved and all(i > epoch_two for i in saved)  # nothing saved before the last epoch
     assert any("keeps its last epoch" in str(line) for line in lines)
+    repeat = train(recipe, output=tmp_path / "repeat", seed=7, log=lambda *a: None)  # ner train --seed 7
+    assert json.loads((tmp_path / "repeat" / "training.json").read_text())["recipe"]["training"]["seed"] == 7
+    assert repeat["epochs"][0]["loss"] != result["epochs"][0]["loss"]
 
 
 def test_a_student_with_pruned_attention_heads_saves_and_loads_at_its_new_shape(tmp_path):

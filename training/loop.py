@@ -227,9 +227,11 @@ def train_epoch(model, batches, optimizer, schedule, *, desc: str = "", precisio
     return running / max(len(batches), 1)
 
 
-def train(recipe_path, *, output=None, epochs=None, limit=None, log=print) -> dict:
+def train(recipe_path, *, output=None, epochs=None, limit=None, seed=None, log=print) -> dict:
     recipe = read_recipe(recipe_path)
     settings = recipe["training"]
+    if seed is not None:  # a repeat of a recipe with another seed; training.json records it
+        settings["seed"] = seed
     seed = settings.get("seed", 0)
     random.seed(seed)
     torch.manual_seed(seed)
