@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ner.training.loop import linear_schedule, load_split, read_recipe, vocabulary_pieces
+from ner.training.loop import linear_schedule, load_split, pretrained_encoder, read_recipe
 
 
 class MaskedLMHead(nn.Module):
@@ -128,18 +128,10 @@ def warm_up_head(transformer, head, head_params, sequences, tokenizer, settings:
     log(f"head warmed up for {steps} steps with the encoder fixed (last loss {loss.item():.3f})")
 
 
-def build_encoder(recipe: dict, text_records):
-    from ner.encoders import load_pretrained
-
-    encoder = recipe["encoder"]
-    transformer, tokenizer = load_pretrained(encoder["name"])
-    if encoder.get("trim_vocabulary"):
-        from ner.e5_converter import trim_vocabulary
-
-        keep = vocabulary_pieces(tokenizer, text_records, encoder.get("extra_pieces", 0),
-                                 encoder.get("most_frequent"))
-        transformer, tokenizer = trim_vocabulary(transformer, tokenizer, keep)
-    return transformer, tokenizer
+def save_encoder(transformer, tokenizer, output: Path) -> None:
+    """The encoder directory a span recipe names as ``[encoder] name``."""
+    transformer.save_pretrained(output, safe_serialization=True)
+    tokenizer.save_pretrained(output)
 
 
 def pretrain(recipe: dict, output=None, steps: int | None = None, limit: int | None = None, log=print) -> dict:
@@ -149,23 +141,22 @@ def pretrain(recipe: dict, output=None, steps: int | None = None, limit: int | N
     text = load_split(data["text"], limit=limit)
     held_out = load_split(data["held_out"], limit=limit)
     # the vocabulary is trimmed to the pieces the span recipe will keep: train and dev words
-    transformer, tokenizer = build_encoder(recipe, text + held_out)
-    length = settings.get("sequence_pieces", 126)
-    sequences = pack_sequences(text, tokenizer, length)
-    held_sequences = pack_sequences(held_out, tokenizer, length)
-    size = settings.get("batch_sequences", 16)
-    fixed = random.Random(12345)
-    held_batches = [mask_batch(held_sequences[i:i + size], tokenizer, fixed, settings.get("mask_probability", 0.15))
-                    for i in range(0, len(held_sequences), size)]
-    if steps is None:  # 0 writes the trimmed encoder as it is: the baseline a probe compares with
-        steps = settings.get("steps") or math.ceil(len(sequences) / size) * settings.get("epochs", 1)
+    transformer, tokenizer = pretrained_encoder(recipe["encoder"], text + held_out)
     output = Path(output or recipe["output"]["path"])
     output.mkdir(parents=True, exist_ok=True)
-    if steps == 0:
-        transformer.save_pretrained(output, safe_serialization=True)
-        tokenizer.save_pretrained(output)
+    if steps == 0:  # the trimmed encoder as it is: the baseline a probe compares with
+        save_encoder(transformer, tokenizer, output)
         log(f"the trimmed encoder, not pretrained further, saved to {output}")
         return {"recipe": recipe, "history": []}
+    length, size = settings.get("sequence_pieces", 126), settings.get("batch_sequences", 16)
+    probability = settings.get("mask_probability", 0.15)
+    sequences = pack_sequences(text, tokenizer, length)
+    held_sequences = pack_sequences(held_out, tokenizer, length)
+    fixed = random.Random(12345)
+    held_batches = [mask_batch(held_sequences[i:i + size], tokenizer, fixed, probability)
+                    for i in range(0, len(held_sequences), size)]
+    if steps is None:
+        steps = settings.get("steps") or math.ceil(len(sequences) / size) * settings.get("epochs", 1)
     log(f"{len(text)} text records → {len(sequences)} sequences of {length} pieces; "
         f"{len(held_sequences)} held-out sequences; {steps} steps of {size}; vocabulary {len(tokenizer)}")
 
@@ -179,14 +170,13 @@ def pretrain(recipe: dict, output=None, steps: int | None = None, limit: int | N
     warm_up_head(transformer, head, head_params, sequences, tokenizer, settings, rng, log)
     history = [{"step": 0, "held_out_loss": held_out_loss(transformer, head, held_batches)}]
     log(json.dumps(history[-1]))
-    transformer.train(), head.train()
     order, started, running = [], time.time(), []
     for step in range(1, steps + 1):
         if len(order) < size:
             order += rng.sample(range(len(sequences)), len(sequences))
         batch = [sequences[i] for i in order[:size]]
         order = order[size:]
-        ids, attention, labels = mask_batch(batch, tokenizer, rng, settings.get("mask_probability", 0.15))
+        ids, attention, labels = mask_batch(batch, tokenizer, rng, probability)
         if (labels != -100).any():  # else nothing was chosen (a batch of very short sequences)
             loss = masked_lm_loss(transformer, head, ids, attention, labels)
             optimizer.zero_grad()
@@ -202,8 +192,7 @@ def pretrain(recipe: dict, output=None, steps: int | None = None, limit: int | N
             running = []
             history.append(entry)
             log(json.dumps(entry))
-    transformer.save_pretrained(output, safe_serialization=True)
-    tokenizer.save_pretrained(output)
+    save_encoder(transformer, tokenizer, output)
     result = {"recipe": recipe, "history": history,
               "held_out_perplexity": {"before": math.exp(history[0]["held_out_loss"]),
                                       "after": math.exp(history[-1]["held_out_loss"])}}

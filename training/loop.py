@@ -84,10 +84,22 @@ def vocabulary_pieces(tokenizer, records, extra: int = 0, most_frequent: int | N
     return sorted(keep)
 
 
+def pretrained_encoder(encoder: dict, records):
+    """(transformer, tokenizer) a recipe's ``[encoder]`` names, its vocabulary trimmed to the
+    pieces ``records`` use when ``trim_vocabulary`` says so (see ``vocabulary_pieces``)."""
+    from ner.encoders import load_pretrained
+
+    transformer, tokenizer = load_pretrained(encoder["name"])
+    if encoder.get("trim_vocabulary"):
+        from ner.e5_converter import trim_vocabulary
+
+        keep = vocabulary_pieces(tokenizer, records, encoder.get("extra_pieces", 0), encoder.get("most_frequent"))
+        transformer, tokenizer = trim_vocabulary(transformer, tokenizer, keep)
+    return transformer, tokenizer
+
+
 def build_pipeline(recipe: dict, train_records, dev_records):
     import spacy
-
-    from ner.encoders import load_pretrained
 
     pipeline, model, encoder = recipe["pipeline"], recipe.get("model", {}), recipe["encoder"]
     if encoder.get("init"):  # go on training a trained pipeline: its encoder, vocabulary and head
@@ -122,13 +134,7 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         "storage": recipe.get("output", {}).get("storage", "fp32"),
         "model": {"@architectures": "ner_suite.SpanModel.v1", "encoder": encoder["name"], **model},
     })
-    transformer, tokenizer = load_pretrained(encoder["name"])
-    if encoder.get("trim_vocabulary"):
-        from ner.e5_converter import trim_vocabulary
-
-        keep = vocabulary_pieces(tokenizer, train_records + dev_records, encoder.get("extra_pieces", 0),
-                                 encoder.get("most_frequent"))
-        transformer, tokenizer = trim_vocabulary(transformer, tokenizer, keep)
+    transformer, tokenizer = pretrained_encoder(encoder, train_records + dev_records)
     from ner.training.knowledge_distillation import shape_encoder
 
     shape_encoder(transformer, encoder, tokenizer, train_records)
