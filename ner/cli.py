@@ -68,6 +68,9 @@ def main(argv=None) -> int:
     evaluate.add_argument("--format", default=None, help="file format when DATA is a file")
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--limit", type=int, default=None)
+    evaluate.add_argument("--sentences-per-doc", type=int, default=1, metavar="N",
+                          help="join every N records in a row into one Doc (a sentence-level corpus that keeps "
+                               "its texts' sentence order, scored with each sentence's neighbours as context)")
     evaluate.add_argument("--json", dest="json_path", default=None, help="also write the scores as JSON")
     evaluate.add_argument("--backend", default=None,
                           help="inference backend (torch, torch-int8, onnxruntime[-int8], ner-kernels[-int8]); "
@@ -255,6 +258,10 @@ def _evaluation_records(source, args, label_map=None):
     if label_map:
         for record in records:
             record.spans = [type(s)(s.start, s.end, label_map.get(s.label, s.label)) for s in record.spans]
+    if args.sentences_per_doc > 1:
+        from ner.spans import group_records
+
+        records = list(group_records(records, args.sentences_per_doc))
     return records
 
 

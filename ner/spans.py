@@ -57,6 +57,44 @@ class Record:
         return [self.text[s:e] for s, e in self.tokens]
 
 
+def join_records(records: list[Record], record_id: str | None = None) -> Record:
+    """Records in a row as one (the sentences of one text, as a document): texts joined by
+    "\n", offsets shifted; each part's sentences (the part itself when it has none) stay
+    its sentences. Tokens are kept when every part is pre-tokenised; ``labels`` and
+    ``meta`` come from the first part."""
+    if not records:
+        raise ValueError("nothing to join")
+    pre_tokenised = all(r.tokens is not None for r in records)
+    text, spans, tokens, sentences, position = [], [], [], [], 0
+    for record in records:
+        text.append(record.text)
+        spans += [Span(s.start + position, s.end + position, s.label, s.score) for s in record.spans]
+        if pre_tokenised:
+            tokens += [(start + position, end + position) for start, end in record.tokens]
+        parts = record.sentences or [(0, len(record.text))]
+        sentences += [(start + position, end + position) for start, end in parts]
+        position += len(record.text) + 1
+    first = records[0]
+    return Record("\n".join(text), spans, record_id if record_id is not None else first.id,
+                  tokens if pre_tokenised else None, sentences, first.labels, dict(first.meta))
+
+
+def group_records(records, size: int):
+    """Every ``size`` records in a row joined into one (``join_records``): sentence-level
+    corpora whose sentences keep their text's order become multi-sentence records, so a
+    model sees each sentence with its neighbours."""
+    if size < 1:
+        raise ValueError(f"group size must be at least 1, not {size}")
+    group = []
+    for record in records:
+        group.append(record)
+        if len(group) == size:
+            yield join_records(group)
+            group = []
+    if group:
+        yield join_records(group)
+
+
 def join_words(words: list[str]) -> tuple[str, list[tuple[int, int]]]:
     """Join words with single spaces; return the text and each word's character offsets."""
     offsets, position = [], 0

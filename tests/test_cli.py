@@ -88,6 +88,23 @@ def test_evaluate_several_files_averages_and_maps_labels(pipeline_dir, tmp_path,
     assert "average of 2" in capsys.readouterr().out
 
 
+def test_evaluate_sentences_per_doc_scores_sentences_joined_in_docs(pipeline_dir, tmp_path, monkeypatch):
+    """--sentences-per-doc N hands the pipeline N sentences in a row as one Doc and scores
+    the same gold entities."""
+    import ner.evaluation
+
+    data = tmp_path / "gold.conll"
+    data.write_text("Angela B-PER\nMerkel I-PER\nmet O\nTim B-PER\nCook I-PER\n. O\n\n" * 3 + "Berlin B-LOC\n. O\n\n")
+    seen = []
+    evaluate = ner.evaluation.evaluate
+    monkeypatch.setattr(ner.evaluation, "evaluate", lambda nlp, records, **kw: seen.append(records) or evaluate(nlp, records, **kw))
+    assert main(["evaluate", str(pipeline_dir), str(data), "--format", "conll", "--sentences-per-doc", "3",
+                 "--json", str(tmp_path / "s.json")]) == 0
+    assert [len(r.sentences) for r in seen[0]] == [3, 1]
+    assert sum(len(r.spans) for r in seen[0]) == 7
+    assert json.loads((tmp_path / "s.json").read_text())["micro"]["support"] == 7
+
+
 def test_unknown_pipeline_is_a_clear_error(capsys):
     assert main(["tag", "--pipeline", "nonexistent"]) == 2
     assert "no pipeline 'nonexistent'" in capsys.readouterr().err

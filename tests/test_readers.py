@@ -29,7 +29,10 @@ from ner.readers import (
 from ner.spans import (
     FormatError,
     Span,
+    Record,
     char_spans_to_word_spans,
+    group_records,
+    join_records,
     join_words,
     tags_to_word_spans,
     word_spans_to_char_spans,
@@ -436,3 +439,28 @@ def counts(records) -> tuple[int, int, int]:
 def test_shared_dataset_counts_match_readme(name, split, expected):
     records = [r for part in split.split("+") for r in load_dataset(name, part)]
     assert counts(records) == expected
+
+
+@given(st.lists(st.lists(st.sampled_from(["a", "Bb", "ccc", "Ü"]), min_size=1, max_size=6), min_size=1, max_size=7),
+       st.integers(1, 4))
+def test_grouped_records_keep_every_word_entity_and_sentence(sentences, size):
+    """Sentences joined in groups of ``size`` keep their words in order, each entity over
+    the same words and text, and one sentence per part."""
+    records = []
+    for i, words in enumerate(sentences):
+        text, tokens = join_words(words)
+        records.append(Record(text, [Span(tokens[0][0], tokens[-1][1], "X")], f"s{i}", tokens))
+    grouped = list(group_records(records, size))
+    assert len(grouped) == -(-len(records) // size)
+    assert [w for r in grouped for w in r.words] == [w for r in records for w in r.words]
+    assert [r.text[s.start:s.end] for r in grouped for s in r.spans] == [r.text for r in records]
+    assert [len(r.sentences) for r in grouped] == [len(records[i:i + size]) for i in range(0, len(records), size)]
+    for record in grouped:
+        assert [record.text[a:b] for a, b in record.sentences] == record.text.split("\n")
+
+
+def test_joining_nothing_or_groups_of_zero_is_an_error():
+    with pytest.raises(ValueError):
+        join_records([])
+    with pytest.raises(ValueError):
+        list(group_records([Record("a")], 0))

@@ -60,6 +60,15 @@ def test_a_train_split_slice_takes_records_a_to_b():
     assert [r.text for r in load_split(["conll2003_en:train:2-8"], limit=3)] == [r.text for r in whole[2:5]]
 
 
+def test_sentences_per_record_joins_only_the_datasets_it_names():
+    singles = load_split(["conll2002_es:train:5"])
+    grouped = load_split(["conll2002_es:train:5", "wnut17:train:2"], sentences_per_record={"conll2002_es": 2})
+    assert [len(r.sentences) for r in grouped] == [2, 2, 1, 1, 1]  # 5 Spanish sentences in 3 records, 2 tweets alone
+    assert [w for r in grouped[:3] for w in r.words] == [w for r in singles for w in r.words]
+    assert sum(len(r.spans) for r in grouped[:3]) == sum(len(r.spans) for r in singles)
+    assert grouped[0].labels == singles[0].labels == ["PER", "ORG", "LOC", "MISC"]
+
+
 def test_frozen_embeddings_are_left_out_of_the_optimiser(tiny_encoder_parts):
     from ner.encoders import WordEncoder
     from ner.span_model import SpanModelSpec

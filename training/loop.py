@@ -31,10 +31,14 @@ def read_recipe(path) -> dict:
     return recipe
 
 
-def load_split(names: list[str], label_map: dict | None = None, limit: int | None = None):
+def load_split(names: list[str], label_map: dict | None = None, limit: int | None = None,
+               sentences_per_record: dict[str, int] | None = None):
     """Records of every ``dataset:split`` named, labels mapped, with ``labels`` set to
-    the types the source dataset annotates (for loss masking in joint training)."""
+    the types the source dataset annotates (for loss masking in joint training).
+    ``sentences_per_record`` (dataset → N) joins every N records in a row of a
+    sentence-level dataset into one, so each sentence is seen with its neighbours."""
     from ner.datasets import dataset_info, load_dataset
+    from ner.spans import group_records
 
     records = []
     for name in names:
@@ -45,6 +49,7 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
         elif extent:
             cap = int(extent[0])
         annotated = [label_map.get(l, l) for l in dataset_info(dataset)["labels"]] if label_map else dataset_info(dataset)["labels"]
+        chosen = []
         for i, record in enumerate(load_dataset(dataset, split)):
             if (limit is not None and i - first >= limit) or (cap is not None and i >= cap):
                 break
@@ -53,8 +58,17 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
             if label_map:
                 record.spans = [type(s)(s.start, s.end, label_map.get(s.label, s.label)) for s in record.spans]
             record.labels = annotated  # the types its dataset annotates: loss masking, decoding
-            records.append(record)
+            chosen.append(record)
+        group = (sentences_per_record or {}).get(dataset, 1)
+        records += list(group_records(chosen, group)) if group > 1 else chosen
     return records
+
+
+def recipe_records(recipe: dict, split: str, limit: int | None = None):
+    """The records a recipe's ``[data]`` names for ``split`` ("train", "dev", "test"), with
+    its label map and its ``sentences_per_record`` grouping."""
+    data = recipe["data"]
+    return load_split(data[split], data.get("label_map"), limit, data.get("sentences_per_record"))
 
 
 def vocabulary_pieces(tokenizer, records, extra: int = 0, most_frequent: int | None = None) -> list[int]:
@@ -241,9 +255,8 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, seed=None, log=p
     seed = settings.get("seed", 0)
     random.seed(seed)
     torch.manual_seed(seed)
-    label_map = recipe["data"].get("label_map")
-    train_records = load_split(recipe["data"]["train"], label_map, limit)
-    dev_records = load_split(recipe["data"]["dev"], label_map, limit)
+    train_records = recipe_records(recipe, "train", limit)
+    dev_records = recipe_records(recipe, "dev", limit)
     nlp, ner = build_pipeline(recipe, train_records, dev_records)
     model = ner.model
     labels = model.labels

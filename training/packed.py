@@ -29,7 +29,7 @@ import torch
 from ner.evaluation import model_threshold_scores
 from ner.spans import char_spans_to_word_spans
 from ner.training.batches import Segment, length_batches, make_segments
-from ner.training.loop import DEV_THRESHOLDS, load_split, make_optimizer, read_recipe, train_epoch
+from ner.training.loop import DEV_THRESHOLDS, load_split, make_optimizer, read_recipe, recipe_records, train_epoch
 from ner.weights import file_sha256, load_weights, save_weights
 
 EMBEDDINGS = "encoder.transformer.embeddings.word_embeddings.weight"
@@ -44,10 +44,11 @@ def pack(recipe_path, job_dir, *, limit: int | None = None, log=print) -> Path:
     from ner.training.loop import build_pipeline
 
     recipe = read_recipe(recipe_path)
-    label_map = recipe["data"].get("label_map")
-    train_records = load_split(recipe["data"]["train"], label_map, limit)
-    dev_records = load_split(recipe["data"]["dev"], label_map, limit)
-    tests = {name: load_split([name], label_map, limit) for name in recipe["data"].get("test", [])}
+    train_records = recipe_records(recipe, "train", limit)
+    dev_records = recipe_records(recipe, "dev", limit)
+    data = recipe["data"]
+    tests = {name: load_split([name], data.get("label_map"), limit, data.get("sentences_per_record"))
+             for name in data.get("test", [])}
     _, component = build_pipeline(recipe, train_records, dev_records)
     model, encoder = component.model, component.model.encoder
     settings = recipe["training"]
@@ -222,10 +223,8 @@ def unpack(job_dir, result_dir, output, *, log=print) -> Path:
     job = json.loads((job_dir / "job.json").read_text())
     result = json.loads((result_dir / "result.json").read_text())
     recipe = job["recipe"]
-    label_map = recipe["data"].get("label_map")
     limit = job.get("limit")  # the same records, so the same trimmed vocabulary
-    nlp, component = build_pipeline(recipe, load_split(recipe["data"]["train"], label_map, limit),
-                                    load_split(recipe["data"]["dev"], label_map, limit))
+    nlp, component = build_pipeline(recipe, recipe_records(recipe, "train", limit), recipe_records(recipe, "dev", limit))
     state = {**load_weights(job_dir / "embeddings.safetensors"), **load_weights(result_dir / "weights.safetensors")}
     _load_state(component.model, {**component.model.state_dict(), **state})
     component.cfg["threshold"] = result["threshold"]

@@ -33,12 +33,11 @@ def main(argv=None) -> int:
 
     import ner
     from ner.e5_converter import trim_vocabulary
-    from ner.training.loop import export_pipeline, load_split, read_recipe, vocabulary_pieces
+    from ner.training.loop import export_pipeline, read_recipe, recipe_records, vocabulary_pieces
 
     recipe = read_recipe(args.recipe)
-    label_map = recipe["data"].get("label_map")
-    dev = load_split(recipe["data"]["dev"], label_map)
-    records = load_split(recipe["data"]["train"], label_map) + dev
+    dev = recipe_records(recipe, "dev")
+    records = recipe_records(recipe, "train") + dev
     nlp = ner.load(args.pipeline, backend="torch")  # the fp32 reference weights are what is trimmed and saved
     for _, component in nlp.pipeline:
         encoder = getattr(getattr(component, "model", None), "encoder", None)
@@ -69,8 +68,8 @@ def main(argv=None) -> int:
         if settings.get("factory") in SPAN_FACTORIES:
             settings["backend"] = backend
     nlp.meta["license"] = recipe["pipeline"].get("license", nlp.meta.get("license", ""))
-    if label_map:
-        nlp.meta["label_map"] = dict(label_map)
+    if recipe["data"].get("label_map"):
+        nlp.meta["label_map"] = dict(recipe["data"]["label_map"])
     export_pipeline(nlp, args.output, config)
     return 0
 
