@@ -64,11 +64,11 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
     return records
 
 
-def recipe_records(recipe: dict, split: str, limit: int | None = None):
-    """The records a recipe's ``[data]`` names for ``split`` ("train", "dev", "test"), with
-    its label map and its ``sentences_per_record`` grouping."""
+def recipe_records(recipe: dict, split: str, limit: int | None = None, *, names: list[str] | None = None):
+    """The records a recipe's ``[data]`` names for ``split`` ("train", "dev", "test"), or of
+    ``names`` when given, with its label map and its ``sentences_per_record`` grouping."""
     data = recipe["data"]
-    return load_split(data[split], data.get("label_map"), limit, data.get("sentences_per_record"))
+    return load_split(names or data[split], data.get("label_map"), limit, data.get("sentences_per_record"))
 
 
 def vocabulary_pieces(tokenizer, records, extra: int = 0, most_frequent: int | None = None) -> list[int]:

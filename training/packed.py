@@ -29,7 +29,7 @@ import torch
 from ner.evaluation import model_threshold_scores
 from ner.spans import char_spans_to_word_spans
 from ner.training.batches import Segment, length_batches, make_segments
-from ner.training.loop import DEV_THRESHOLDS, load_split, make_optimizer, read_recipe, recipe_records, train_epoch
+from ner.training.loop import DEV_THRESHOLDS, make_optimizer, read_recipe, recipe_records, train_epoch
 from ner.weights import file_sha256, load_weights, save_weights
 
 EMBEDDINGS = "encoder.transformer.embeddings.word_embeddings.weight"
@@ -46,9 +46,7 @@ def pack(recipe_path, job_dir, *, limit: int | None = None, log=print) -> Path:
     recipe = read_recipe(recipe_path)
     train_records = recipe_records(recipe, "train", limit)
     dev_records = recipe_records(recipe, "dev", limit)
-    data = recipe["data"]
-    tests = {name: load_split([name], data.get("label_map"), limit, data.get("sentences_per_record"))
-             for name in data.get("test", [])}
+    tests = {name: recipe_records(recipe, "test", limit, names=[name]) for name in recipe["data"].get("test", [])}
     _, component = build_pipeline(recipe, train_records, dev_records)
     model, encoder = component.model, component.model.encoder
     settings = recipe["training"]
