@@ -69,6 +69,37 @@ def test_sentences_per_record_joins_only_the_datasets_it_names():
     assert grouped[0].labels == singles[0].labels == ["PER", "ORG", "LOC", "MISC"]
 
 
+def test_select_trains_part_of_a_free_form_corpus_on_chosen_types():
+    label_map = {"software": "product", "device": "product", "film": "creative-work", "video game": "creative-work"}
+    wanted = ["product", "creative-work"]
+    every = load_split(["pile_ner_slimer:dev:300"], label_map, select={"pile_ner_slimer": {"labels": wanted}})
+    named = load_split(["pile_ner_slimer:dev:300"], label_map, select={"pile_ner_slimer": {
+        "labels": wanted, "named_only": True, "with_entities": True}})
+    assert len(every) == 300 and 0 < len(named) < 300
+    assert all(r.labels == wanted and r.spans for r in named)
+    mentions = [r.text[s.start:s.end] for r in every for s in r.spans]
+    kept = [r.text[s.start:s.end] for r in named for s in r.spans]
+    assert {s.label for r in every for s in r.spans} <= set(wanted)
+    looks_named = lambda m: any(c.isupper() or c.isdigit() for c in m)  # noqa: E731
+    assert all(looks_named(m) for m in kept) and not all(looks_named(m) for m in mentions)
+
+
+def test_a_soup_averages_floating_weights_and_refuses_other_shapes():
+    import torch
+
+    from ner.training.soup import average_state
+
+    a = {"w": torch.tensor([1.0, 2.0]), "steps": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "steps": torch.tensor(9)}
+    mean = average_state([a, b], [1.0, 1.0])
+    assert torch.equal(mean["w"], torch.tensor([2.0, 4.0])) and mean["steps"].item() == 3
+    assert torch.allclose(average_state([a, b], [3.0, 1.0])["w"], torch.tensor([1.5, 3.0]))
+    with pytest.raises(ValueError, match="shape"):
+        average_state([a, {"w": torch.zeros(3), "steps": torch.tensor(1)}], [1.0, 1.0])
+    with pytest.raises(ValueError, match="different weights"):
+        average_state([a, {"w": torch.zeros(2)}], [1.0, 1.0])
+
+
 def test_frozen_embeddings_are_left_out_of_the_optimiser(tiny_encoder_parts):
     from ner.encoders import WordEncoder
     from ner.span_model import SpanModelSpec

@@ -32,11 +32,16 @@ def read_recipe(path) -> dict:
 
 
 def load_split(names: list[str], label_map: dict | None = None, limit: int | None = None,
-               sentences_per_record: dict[str, int] | None = None):
+               sentences_per_record: dict[str, int] | None = None, select: dict[str, dict] | None = None):
     """Records of every ``dataset:split`` named, labels mapped, with ``labels`` set to
     the types the source dataset annotates (for loss masking in joint training).
     ``sentences_per_record`` (dataset → N) joins every N records in a row of a
-    sentence-level dataset into one, so each sentence is seen with its neighbours."""
+    sentence-level dataset into one, so each sentence is seen with its neighbours.
+    ``select`` (dataset → options) takes part of a corpus with free-form or foreign types
+    (Pile-NER): ``labels``, the (mapped) types it trains, its other spans dropped and its
+    loss masked to them; ``named_only``, drop mentions with no capital letter or digit
+    ("browser" is no product name, "iPhone" and "3DS" are); ``with_entities``, keep only
+    records that keep a mention."""
     from ner.datasets import dataset_info, load_dataset
     from ner.spans import group_records
 
@@ -48,7 +53,11 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
             first, cap = (int(x) for x in extent[0].split("-"))
         elif extent:
             cap = int(extent[0])
-        annotated = [label_map.get(l, l) for l in dataset_info(dataset)["labels"]] if label_map else dataset_info(dataset)["labels"]
+        options = (select or {}).get(dataset, {})
+        if "labels" in options:
+            annotated = list(options["labels"])
+        else:
+            annotated = [label_map.get(l, l) for l in dataset_info(dataset)["labels"]] if label_map else dataset_info(dataset)["labels"]
         chosen = []
         for i, record in enumerate(load_dataset(dataset, split)):
             if (limit is not None and i - first >= limit) or (cap is not None and i >= cap):
@@ -57,6 +66,11 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
                 continue
             if label_map:
                 record.spans = [type(s)(s.start, s.end, label_map.get(s.label, s.label)) for s in record.spans]
+            if options:
+                record.spans = [s for s in record.spans if s.label in annotated
+                                and not (options.get("named_only") and not _looks_named(record.text[s.start:s.end]))]
+                if options.get("with_entities") and not record.spans:
+                    continue
             record.labels = annotated  # the types its dataset annotates: loss masking, decoding
             chosen.append(record)
         group = (sentences_per_record or {}).get(dataset, 1)
@@ -64,11 +78,17 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
     return records
 
 
+def _looks_named(mention: str) -> bool:
+    return any(c.isupper() or c.isdigit() for c in mention)
+
+
 def recipe_records(recipe: dict, split: str, limit: int | None = None, *, names: list[str] | None = None):
     """The records a recipe's ``[data]`` names for ``split`` ("train", "dev", "test"), or of
-    ``names`` when given, with its label map and its ``sentences_per_record`` grouping."""
+    ``names`` when given, with its label map, its ``sentences_per_record`` grouping and its
+    ``[data.select.DATASET]`` tables."""
     data = recipe["data"]
-    return load_split(names or data[split], data.get("label_map"), limit, data.get("sentences_per_record"))
+    return load_split(names or data[split], data.get("label_map"), limit, data.get("sentences_per_record"),
+                      data.get("select"))
 
 
 def vocabulary_pieces(tokenizer, records, extra: int = 0, most_frequent: int | None = None) -> list[int]:
