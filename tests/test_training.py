@@ -84,6 +84,14 @@ def test_select_trains_part_of_a_free_form_corpus_on_chosen_types():
     assert all(looks_named(m) for m in kept) and not all(looks_named(m) for m in mentions)
 
 
+def test_a_recipe_from_init_changes_the_windows_only():
+    from ner.training.loop import window_settings
+
+    recipe = {"encoder": {"init": "pipelines/en"}, "model": {"window": 512, "stride": 256, "max_width": 8}}
+    assert window_settings(recipe) == {"window": 512, "stride": 256}
+    assert window_settings({"encoder": {"name": "e5-small"}, "model": {"window": 512}}) == {}
+
+
 def test_a_soup_averages_floating_weights_and_refuses_other_shapes():
     import torch
 
@@ -121,6 +129,10 @@ def test_training_goes_on_from_a_trained_pipeline_with_its_vocabulary(tmp_path, 
     assert torch.equal(before[EMBEDDINGS], after[EMBEDDINGS])  # frozen, and the same vocabulary
     changed = [k for k in before if k != EMBEDDINGS and before[k].is_floating_point() and not torch.equal(before[k], after[k])]
     assert changed  # the body and head did train
+    wider = write_recipe(tmp_path, "wider", init=first["output"])
+    wider.write_text(wider.read_text().replace("window = 48\nstride = 24", "window = 64\nstride = 32"))
+    encoder = spacy.load(train(wider, log=lambda *a: None)["output"]).get_pipe("ner").model.encoder
+    assert (encoder.window, encoder.stride) == (64, 32)  # trained and saved with the recipe's windows
     with pytest.raises(ValueError, match="labels"):
         recipe = write_recipe(tmp_path, "third", init=first["output"])
         recipe.write_text(recipe.read_text().replace('"MISC"]', '"MISC", "DATE"]'))

@@ -8,6 +8,7 @@ kept (the last, with ``keep = "last"``, for a recipe that trains on its dev data
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -149,6 +150,10 @@ def build_pipeline(recipe: dict, train_records, dev_records):
 
         # a student: fewer layers, a smaller FFN, fewer attention heads
         shape_encoder(ner.model.encoder.transformer, encoder, ner.model.encoder.tokenizer, train_records)
+        windowing = window_settings(recipe)
+        if windowing:  # wider windows: more context per word, trained and saved
+            ner.spec = ner.model.spec = dataclasses.replace(ner.spec, **windowing)
+            ner.model.encoder.window, ner.model.encoder.stride = ner.spec.window, ner.spec.stride
         return nlp, ner
     nlp = spacy.blank(pipeline.get("lang", "xx"))
     if pipeline.get("attached_prefixes"):  # e.g. "#": #hashtags stay one word, as in tweet data
@@ -233,18 +238,30 @@ def export_pipeline(nlp, path, config=None) -> None:
     write_checksums(path)
 
 
+def window_settings(recipe: dict) -> dict:
+    """The subword window and stride of a recipe that goes on from ``init``: the only
+    ``[model]`` keys it can change (the rest of the model is the init pipeline's)."""
+    if not recipe["encoder"].get("init"):
+        return {}
+    return {key: value for key, value in recipe.get("model", {}).items() if key in ("window", "stride")}
+
+
 def output_config(nlp, recipe: dict):
     """The config a run's pipeline is saved with: ``[output] backend`` names the
-    inference backend it loads on (it trains on the fp32 reference); None: as it is."""
+    inference backend it loads on (it trains on the fp32 reference), and a recipe that goes
+    on from ``init`` saves its ``[model]`` window and stride; None: as it is."""
     backend = recipe.get("output", {}).get("backend")
-    if not backend:
+    windowing = window_settings(recipe)
+    if not backend and not windowing:
         return None
     from ner.loading import SPAN_FACTORIES
 
     config = nlp.config  # a copy
     for settings in config["components"].values():
         if settings.get("factory") in SPAN_FACTORIES:
-            settings["backend"] = backend
+            if backend:
+                settings["backend"] = backend
+            settings["model"].update(windowing)
     return config
 
 
