@@ -225,10 +225,16 @@ def optimizer_step(model, optimizer, schedule, loss) -> float:
 def export_pipeline(nlp, path, config=None) -> None:
     """Save ``nlp`` through a fresh Language built from its config (or ``config``, a
     changed copy of it), so the strings that evaluation added to the vocabulary are not
-    shipped."""
+    shipped. ``config.cfg`` states each component's threshold as its ``cfg.json`` does
+    (the one that a load uses)."""
     from ner.loading import write_checksums
 
-    fresh = type(nlp).from_config(config or nlp.config)
+    config = config or nlp.config
+    for name, component in nlp.pipeline:
+        settings = config["components"].get(name, {})
+        if "threshold" in settings and "threshold" in getattr(component, "cfg", {}):
+            settings["threshold"] = component.cfg["threshold"]
+    fresh = type(nlp).from_config(config)
     fresh.meta.update(nlp.meta)
     fresh.tokenizer.from_bytes(nlp.tokenizer.to_bytes(exclude=["vocab"]), exclude=["vocab"])
     for name, component in nlp.pipeline:

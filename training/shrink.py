@@ -25,11 +25,15 @@ def main(argv=None) -> int:
                         help="keep only the N pieces the recipe's text uses most (others re-segment into kept pieces)")
     parser.add_argument("--tune-threshold", action="store_true",
                         help="choose the decision threshold again on the recipe's dev data, after shrinking")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="set the decision threshold (e.g. the one a report chose on dev for the backend)")
     parser.add_argument("--storage", default=None, choices=["fp32", "fp16", "int8", "int8-emb4"],
                         help="weights storage of the output (default: the pipeline's)")
     parser.add_argument("--backend", default=None,
                         help="the inference backend the output loads on (ner.kernels.BACKENDS; default: the pipeline's)")
     args = parser.parse_args(argv)
+    if args.threshold is not None and args.tune_threshold:
+        parser.error("--threshold sets the threshold, --tune-threshold chooses it: give one")
 
     import ner
     from ner.e5_converter import trim_vocabulary
@@ -52,6 +56,8 @@ def main(argv=None) -> int:
         if args.storage:
             component.cfg["storage"] = args.storage
         print(f"{component.name}: {before} → {len(tokenizer)} pieces")
+        if args.threshold is not None:
+            component.cfg["threshold"] = args.threshold
         if args.tune_threshold:
             from ner.evaluation import threshold_scores
 
