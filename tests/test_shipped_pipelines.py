@@ -1,4 +1,5 @@
 """The shipped pipelines load offline through both entry points and find real entities."""
+import json
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,14 @@ def test_every_shipped_pipeline_is_under_30_mb_in_safetensors():
         files = [p for p in (PIPELINES / name).rglob("*") if p.is_file()]
         assert sum(p.stat().st_size for p in files) < 30_000_000, name
         assert not [p for p in files if p.suffix in (".pt", ".pth", ".pkl", ".pickle") or p.name == "pytorch_model.bin"], name
+
+
+def test_every_shipped_config_states_the_threshold_a_load_uses():
+    for name in shipped_pipelines():
+        config = spacy.util.load_config(PIPELINES / name / "config.cfg")
+        for component, settings in config["components"].items():
+            saved = json.loads((PIPELINES / name / component / "cfg.json").read_text())
+            assert settings["threshold"] == saved["threshold"], (name, component)  # cfg.json is what a load reads
 
 
 def test_tweets_keeps_hashtags_mentions_urls_emoji_and_finds_wnut_types(tweets):
