@@ -5,6 +5,7 @@ pieces (fewer than the recipe kept while training), slice the embedding table, r
     python -m ner.training.shrink training/tweets.toml runs/tweets pipelines/tweets --extra-pieces 2000
     python -m ner.training.shrink training/multilingual.toml runs/multilingual pipelines/multilingual --most-frequent 20000
     python -m ner.training.shrink training/en.toml runs/en pipelines/en --extra-pieces 1500 --backend ner-kernels-int8
+    python -m ner.training.shrink training/long-span-stage3.toml runs/long-span-stage3 pipelines/long-span --extra-pieces 1500 --threshold 0.7 --backend ner-kernels-int8
 
 Only the embedding rows of dropped pieces go; every other weight is unchanged. Words made
 of kept pieces tokenise as before; the model card's scores are measured after shrinking.
