@@ -260,6 +260,12 @@ def output_config(nlp, recipe: dict):
     windowing = window_settings(recipe)
     if not backend and not windowing:
         return None
+    return span_config(nlp, backend, windowing)
+
+
+def span_config(nlp, backend: str | None = None, model: dict | None = None):
+    """A copy of ``nlp``'s config whose span components load on ``backend`` (when given)
+    with ``model`` settings (window, stride) changed."""
     from ner.loading import SPAN_FACTORIES
 
     config = nlp.config  # a copy
@@ -267,8 +273,20 @@ def output_config(nlp, recipe: dict):
         if settings.get("factory") in SPAN_FACTORIES:
             if backend:
                 settings["backend"] = backend
-            settings["model"].update(windowing)
+            settings["model"].update(model or {})
     return config
+
+
+def retune_threshold(component, records, thresholds=DEV_THRESHOLDS, log=print) -> float:
+    """Set ``component``'s threshold to the one of ``thresholds`` with the best micro F1
+    on ``records`` (dev data), logging every F1; the chosen threshold."""
+    from ner.evaluation import threshold_scores
+
+    scores = threshold_scores(component, records, thresholds)
+    component.cfg["threshold"] = max(thresholds, key=lambda t: scores[t].micro["f1"])
+    log("dev F1 by threshold: " + ", ".join(f"{t}: {100 * scores[t].micro['f1']:.2f}" for t in thresholds)
+        + f"; chosen {component.cfg['threshold']}")
+    return component.cfg["threshold"]
 
 
 def train_epoch(model, batches, optimizer, schedule, *, desc: str = "", precision=None, loss_function=batch_loss,

@@ -38,7 +38,8 @@ def main(argv=None) -> int:
 
     import ner
     from ner.e5_converter import trim_vocabulary
-    from ner.training.loop import export_pipeline, read_recipe, recipe_records, vocabulary_pieces
+    from ner.training.loop import (export_pipeline, read_recipe, recipe_records, retune_threshold, span_config,
+                                   vocabulary_pieces)
 
     recipe = read_recipe(args.recipe)
     dev = recipe_records(recipe, "dev")
@@ -60,20 +61,10 @@ def main(argv=None) -> int:
         if args.threshold is not None:
             component.cfg["threshold"] = args.threshold
         if args.tune_threshold:
-            from ner.evaluation import threshold_scores
+            retune_threshold(component, dev)
+    from ner.loading import pipeline_backend
 
-            grid = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
-            scores = threshold_scores(component, dev, grid)
-            component.cfg["threshold"] = max(grid, key=lambda t: scores[t].micro["f1"])
-            print("dev F1 by threshold: " + ", ".join(f"{t}: {100 * scores[t].micro['f1']:.2f}" for t in grid)
-                  + f"; chosen {component.cfg['threshold']}")
-    from ner.loading import SPAN_FACTORIES, pipeline_backend
-
-    backend = args.backend or pipeline_backend(args.pipeline)
-    config = nlp.config  # a copy: changed here, the output is built from it
-    for name, settings in config["components"].items():
-        if settings.get("factory") in SPAN_FACTORIES:
-            settings["backend"] = backend
+    config = span_config(nlp, args.backend or pipeline_backend(args.pipeline))  # the output is built from it
     nlp.meta["license"] = recipe["pipeline"].get("license", nlp.meta.get("license", ""))
     if recipe["data"].get("label_map"):
         nlp.meta["label_map"] = dict(recipe["data"]["label_map"])

@@ -58,8 +58,8 @@ def main(argv=None) -> int:
         parser.error("--tune-threshold needs --recipe (its dev data)")
 
     import ner
-    from ner.loading import SPAN_FACTORIES, pipeline_backend
-    from ner.training.loop import export_pipeline
+    from ner.loading import pipeline_backend
+    from ner.training.loop import export_pipeline, read_recipe, recipe_records, retune_threshold, span_config
 
     nlps = [ner.load(path, backend="torch") for path in args.pipelines]
     soup = nlps[0]
@@ -76,22 +76,9 @@ def main(argv=None) -> int:
         component.model.load_state_dict(average_state(states, weights))
         print(f"{name}: averaged {len(states)} pipelines, weights {weights}")
         if args.tune_threshold:
-            from ner.evaluation import threshold_scores
-            from ner.training.loop import read_recipe, recipe_records
-
-            dev = recipe_records(read_recipe(args.recipe), "dev")
-            grid = (0.3, 0.4, 0.5, 0.6, 0.7)
-            scores = threshold_scores(component, dev, grid)
-            component.cfg["threshold"] = max(grid, key=lambda t: scores[t].micro["f1"])
-            print("dev F1 by threshold: " + ", ".join(f"{t}: {100 * scores[t].micro['f1']:.2f}" for t in grid)
-                  + f"; chosen {component.cfg['threshold']}")
-    config = soup.config
-    backend = args.backend or pipeline_backend(args.pipelines[0])
-    for settings in config["components"].values():
-        if settings.get("factory") in SPAN_FACTORIES:
-            settings["backend"] = backend
-    soup.meta.setdefault("soup", list(args.pipelines))
-    export_pipeline(soup, args.output, config)
+            retune_threshold(component, recipe_records(read_recipe(args.recipe), "dev"), (0.3, 0.4, 0.5, 0.6, 0.7))
+    soup.meta["soup"] = list(args.pipelines)
+    export_pipeline(soup, args.output, span_config(soup, args.backend or pipeline_backend(args.pipelines[0])))
     return 0
 
 
