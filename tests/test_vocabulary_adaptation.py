@@ -74,3 +74,20 @@ def test_the_embedding_table_can_learn_at_its_own_rate():
     assert rates[id(other)] == 1e-5
     optimizer, _ = make_optimizer(model, {"freeze_embeddings": True, "embedding_learning_rate": 1e-3}, 10)
     assert id(table) not in {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def test_only_the_new_rows_learn_when_the_recipe_says_so():
+    from ner.training.loop import adapt_vocabulary
+
+    tokenizer = unigram_tokenizer()
+    model = tiny_transformer(len(tokenizer))
+    texts = ["the nephrotoxicity of cisplatin", "nephrotoxicity of the cisplatin"]
+    records = [Record(text=t, tokens=[(m.start(), m.end()) for m in re.finditer(r"\S+", t)]) for t in texts]
+    settings = {"limit": 10, "min_count": 2, "min_pieces": 2, "train_new_only": True}
+    new_model, new_tokenizer = adapt_vocabulary(model, tokenizer, settings, records)
+    assert len(new_tokenizer) == len(tokenizer) + 2
+    ids = new_tokenizer(texts, return_tensors="pt")["input_ids"]
+    new_model(input_ids=ids).last_hidden_state.sum().backward()
+    grad = new_model.get_input_embeddings().weight.grad
+    assert grad[: len(tokenizer)].abs().sum() == 0
+    assert grad[len(tokenizer):].abs().sum() > 0

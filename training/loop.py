@@ -136,12 +136,18 @@ def frequent_split_words(tokenizer, records, limit: int, min_count: int = 5, min
 def adapt_vocabulary(transformer, tokenizer, settings: dict, records):
     """(transformer, tokenizer) with a piece for each frequent, much-split word of the
     training ``records``, as a recipe's ``[encoder.add_words]`` says (``limit``,
-    ``min_count``, ``min_pieces``; see ``frequent_split_words``)."""
+    ``min_count``, ``min_pieces``, see ``frequent_split_words``; ``train_new_only``: only the
+    new rows of the embedding table learn)."""
     from ner.e5_converter import add_word_pieces
 
     words = frequent_split_words(tokenizer, records, settings["limit"], settings.get("min_count", 5),
                                  settings.get("min_pieces", 3))
-    return add_word_pieces(transformer, tokenizer, words)
+    known = len(tokenizer)
+    transformer, tokenizer = add_word_pieces(transformer, tokenizer, words)
+    if settings.get("train_new_only"):  # the rows the encoder knew stay as they were
+        table = transformer.get_input_embeddings().weight
+        table.register_hook(lambda grad: torch.cat([torch.zeros_like(grad[:known]), grad[known:]]))
+    return transformer, tokenizer
 
 
 def pretrained_encoder(encoder: dict, records):
@@ -240,7 +246,7 @@ def make_optimizer(model, settings: dict, total_steps: int):
     groups = [{"params": list(model.head.parameters()), "lr": settings.get("head_learning_rate", 1e-3)}]
     own_rate = embeddings.requires_grad and "embedding_learning_rate" in settings
     if own_rate:  # e.g. pieces new from vocabulary adaptation learn faster than the rest
-        groups.append({"params": [embeddings], "lr": settings["embedding_learning_rate"]})
+        groups.append({"params": [embeddings], "lr": settings["embedding_learning_rate"], "weight_decay": 0.0})
     encoder_params = [p for p in model.encoder.parameters() if p.requires_grad and not (own_rate and p is embeddings)]
     groups.insert(0, {"params": encoder_params, "lr": settings.get("learning_rate", 1e-4)})
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.get("weight_decay", 0.01))
