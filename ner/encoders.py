@@ -67,6 +67,12 @@ class WordEncoder(nn.Module):
         self.stride = stride
         self._piece_cache: dict[str, list[int]] = {}
 
+    def swap_vocabulary(self, transformer, tokenizer) -> None:
+        """Use ``transformer`` and ``tokenizer`` from now on (a vocabulary grown or trimmed
+        from the current one): the cached word pieces are dropped."""
+        self.transformer, self.tokenizer = transformer, tokenizer
+        self._piece_cache.clear()
+
     @property
     def hidden_size(self) -> int:
         return self.transformer.config.hidden_size

@@ -91,3 +91,14 @@ def test_only_the_new_rows_learn_when_the_recipe_says_so():
     grad = new_model.get_input_embeddings().weight.grad
     assert grad[: len(tokenizer)].abs().sum() == 0
     assert grad[len(tokenizer):].abs().sum() > 0
+
+
+def test_a_word_encoder_takes_the_grown_vocabulary_and_forgets_its_cached_pieces():
+    from ner.encoders import WordEncoder
+
+    tokenizer = unigram_tokenizer()
+    encoder = WordEncoder(tiny_transformer(len(tokenizer)), tokenizer)
+    assert len(encoder.word_pieces("nephrotoxicity")) == 4
+    encoder.swap_vocabulary(*add_word_pieces(encoder.transformer, tokenizer, ["nephrotoxicity"]))
+    assert encoder.word_pieces("nephrotoxicity") == [len(tokenizer)]
+    assert encoder([["the", "nephrotoxicity"]]).vectors.shape[:2] == (1, 2)

@@ -183,9 +183,8 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         shape_encoder(ner.model.encoder.transformer, encoder, ner.model.encoder.tokenizer, train_records)
         if encoder.get("add_words"):  # vocabulary adaptation: frequent split words become pieces
             words = ner.model.encoder
-            words.transformer, words.tokenizer = adapt_vocabulary(words.transformer, words.tokenizer,
-                                                                  encoder["add_words"], train_records)
-            words._piece_cache.clear()
+            words.swap_vocabulary(*adapt_vocabulary(words.transformer, words.tokenizer, encoder["add_words"],
+                                                    train_records))
         windowing = window_settings(recipe)
         if windowing:  # wider windows: more context per word, trained and saved
             ner.spec = ner.model.spec = dataclasses.replace(ner.spec, **windowing)
