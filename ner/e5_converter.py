@@ -616,10 +616,8 @@ def trim_vocabulary(model, tokenizer, keep_ids):
     """
     import torch
 
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state = _unigram_state(tokenizer, "trim_vocabulary")
     tm = state["model"]
-    if tm.get("type") != "Unigram":
-        raise ValueError("trim_vocabulary needs a Unigram tokenizer")
     vocab = tm["vocab"]
     n = len(vocab)
     keep = set()
@@ -674,10 +672,8 @@ def add_word_pieces(model, tokenizer, words):
     """
     import torch
 
-    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state = _unigram_state(tokenizer, "add_word_pieces")
     tm = state["model"]
-    if tm.get("type") != "Unigram":
-        raise ValueError("add_word_pieces needs a Unigram tokenizer")
     vocab = tm["vocab"]
     known = {piece for piece, _ in vocab}
     normalizer = tokenizer.backend_tokenizer.normalizer
@@ -696,6 +692,14 @@ def add_word_pieces(model, tokenizer, words):
         return copy.deepcopy(model), copy.deepcopy(tokenizer)
     weight = torch.cat([old, torch.stack(rows)])
     return _with_embeddings(model, weight, {i: i for i in range(len(old))}), _tokenizer_from_state(tokenizer, state)
+
+
+def _unigram_state(tokenizer, caller: str) -> dict:
+    """The ``tokenizers`` state of a fast Unigram tokenizer (a copy to edit)."""
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    if state["model"].get("type") != "Unigram":
+        raise ValueError(f"{caller} needs a Unigram tokenizer")
+    return state
 
 
 def _tokenizer_from_state(tokenizer, state: dict):
