@@ -182,9 +182,9 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         # a student: fewer layers, a smaller FFN, fewer attention heads
         shape_encoder(ner.model.encoder.transformer, encoder, ner.model.encoder.tokenizer, train_records)
         if encoder.get("add_words"):  # vocabulary adaptation: frequent split words become pieces
-            words = ner.model.encoder
-            words.swap_vocabulary(*adapt_vocabulary(words.transformer, words.tokenizer, encoder["add_words"],
-                                                    train_records))
+            word_encoder = ner.model.encoder
+            word_encoder.swap_vocabulary(*adapt_vocabulary(word_encoder.transformer, word_encoder.tokenizer,
+                                                           encoder["add_words"], train_records))
         windowing = window_settings(recipe)
         if windowing:  # wider windows: more context per word, trained and saved
             ner.spec = ner.model.spec = dataclasses.replace(ner.spec, **windowing)
@@ -242,12 +242,12 @@ def make_optimizer(model, settings: dict, total_steps: int):
     embeddings = model.encoder.transformer.get_input_embeddings().weight
     if settings.get("freeze_embeddings"):
         embeddings.requires_grad_(False)
-    groups = [{"params": list(model.head.parameters()), "lr": settings.get("head_learning_rate", 1e-3)}]
     own_rate = embeddings.requires_grad and "embedding_learning_rate" in settings
+    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad and not (own_rate and p is embeddings)]
+    groups = [{"params": encoder_params, "lr": settings.get("learning_rate", 1e-4)},
+              {"params": list(model.head.parameters()), "lr": settings.get("head_learning_rate", 1e-3)}]
     if own_rate:  # e.g. pieces new from vocabulary adaptation learn faster than the rest
         groups.append({"params": [embeddings], "lr": settings["embedding_learning_rate"], "weight_decay": 0.0})
-    encoder_params = [p for p in model.encoder.parameters() if p.requires_grad and not (own_rate and p is embeddings)]
-    groups.insert(0, {"params": encoder_params, "lr": settings.get("learning_rate", 1e-4)})
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.get("weight_decay", 0.01))
     schedule = linear_schedule(optimizer, total_steps, int(total_steps * settings.get("warmup", 0.1)))
     return optimizer, schedule

@@ -63,6 +63,7 @@ def main(argv=None) -> int:
 
     nlps = [ner.load(path, backend="torch") for path in args.pipelines]
     soup = nlps[0]
+    dev = recipe_records(read_recipe(args.recipe), "dev") if args.tune_threshold else None
     for name, component in soup.pipeline:
         if getattr(component, "model", None) is None:
             continue
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
         component.model.load_state_dict(average_state(states, weights))
         print(f"{name}: averaged {len(states)} pipelines, weights {weights}")
         if args.tune_threshold:
-            retune_threshold(component, recipe_records(read_recipe(args.recipe), "dev"), (0.3, 0.4, 0.5, 0.6, 0.7))
+            retune_threshold(component, dev, (0.3, 0.4, 0.5, 0.6, 0.7))
     soup.meta["soup"] = list(args.pipelines)
     export_pipeline(soup, args.output, span_config(soup, args.backend or pipeline_backend(args.pipelines[0])))
     return 0
