@@ -26,10 +26,36 @@ DEV_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the decoding 
 
 
 def read_recipe(path) -> dict:
+    """A recipe as a dict, ``path`` set to its file.
+
+    ``extends = "base.toml"`` (a path beside the recipe's own file) starts from another
+    recipe: tables merge key by key, the recipe's keys win and lists are replaced whole.
+    A recipe that goes on from a trained pipeline (``[encoder] init``) takes its encoder
+    and model from that pipeline, never the base's ``[encoder]`` and ``[model]`` (only its
+    own ``[model]`` window and stride). A recipe that extends another names its own
+    ``[output] path``, so a stage never overwrites the run it extends.
+    """
+    path = Path(path)
     with open(path, "rb") as handle:
         recipe = tomllib.load(handle)
+    base_name = recipe.pop("extends", None)
+    if base_name is not None:
+        if "path" not in recipe.get("output", {}):
+            raise ValueError(f"{path}: a recipe that extends {base_name} must name its own [output] path")
+        base = read_recipe(path.parent / base_name)
+        if recipe.get("encoder", {}).get("init"):
+            base.pop("encoder", None)
+            base.pop("model", None)
+        recipe = _merged(base, recipe)
     recipe["path"] = str(path)
     return recipe
+
+
+def _merged(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return merged
 
 
 def load_split(names: list[str], label_map: dict | None = None, limit: int | None = None,
