@@ -133,6 +133,9 @@ def test_training_goes_on_from_a_trained_pipeline_with_its_vocabulary(tmp_path, 
     wider.write_text(wider.read_text().replace("window = 48\nstride = 24", "window = 64\nstride = 32"))
     encoder = spacy.load(train(wider, log=lambda *a: None)["output"]).get_pipe("ner").model.encoder
     assert (encoder.window, encoder.stride) == (64, 32)  # trained and saved with the recipe's windows
+    stored = write_recipe(tmp_path, "stored", init=first["output"])
+    stored.write_text(stored.read_text() + 'storage = "int8"\n')
+    assert spacy.load(train(stored, log=lambda *a: None)["output"]).get_pipe("ner").cfg["storage"] == "int8"
     with pytest.raises(ValueError, match="labels"):
         recipe = write_recipe(tmp_path, "third", init=first["output"])
         recipe.write_text(recipe.read_text().replace('"MISC"]', '"MISC", "DATE"]'))

@@ -201,6 +201,8 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         ner = nlp.get_pipe("ner")
         if list(ner.cfg["labels"]) != list(pipeline["labels"]):
             raise ValueError(f"{encoder['init']} has labels {ner.cfg['labels']}, the recipe {pipeline['labels']}")
+        if recipe.get("output", {}).get("storage"):  # how this run is saved (the init's, unless the recipe says)
+            ner.cfg["storage"] = recipe["output"]["storage"]
         sources = nlp.meta.get("sources", [])  # every stage's training data, each named once
         nlp.meta["sources"] = sources + [{"name": n} for n in recipe["data"]["train"] if {"name": n} not in sources]
         from ner.training.knowledge_distillation import shape_encoder
