@@ -14,6 +14,7 @@ arithmetic alone.
 | ``onnxruntime-int8`` | the same after ONNX Runtime's fusions and dynamic int8 quantisation | exported, dynamic int8 |
 | ``ner-kernels`` | ``PackedBertEncoder``: no work on padding, block-sparse fp32 linear layers (all-zero weight blocks skipped) | ``FusedSpanHead``, fp32 |
 | ``ner-kernels-int8`` | the same with int8 linear layers (layer norms, GELU, softmax, residuals in fp32) | ``FusedSpanHead``, int8 |
+| ``ner-kernels-int8-static`` | the same with static activation scales (``input_ranges=``, see ``static_int8``) | ``FusedSpanHead``, int8 (dynamic) |
 
 ONNX Runtime takes any head whose ``forward`` takes the word vectors alone; the kernels
 have a fused form of ``SpanHead`` only, and leave other heads to PyTorch.
@@ -67,11 +68,15 @@ def _onnxruntime_head(quantize: bool):
     return build
 
 
-def _ner_kernels_transformer(dtype: str):
-    def build(transformer, *, block_k: int = 16, kernels=None, **_options):
+def _ner_kernels_transformer(dtype: str, static: bool = False):
+    def build(transformer, *, block_k: int = 16, kernels=None, input_ranges=None, **_options):
         from ner.kernels.packed_encoder import PackedBertEncoder
 
-        return PackedBertEncoder(transformer, kernels or default_kernels(), dtype=dtype, block_k=block_k)
+        if static and input_ranges is None:
+            raise ValueError("backend 'ner-kernels-int8-static' needs input_ranges=: calibrate them on the fp32 "
+                             "model with ner.kernels.static_int8.calibrate_input_ranges(model, words)")
+        return PackedBertEncoder(transformer, kernels or default_kernels(), dtype=dtype, block_k=block_k,
+                                 input_ranges=input_ranges if static else None)
 
     return build
 
@@ -95,6 +100,7 @@ BACKENDS: dict[str, Backend] = {
     "onnxruntime-int8": Backend(_onnxruntime_transformer(True), _onnxruntime_head(True)),
     "ner-kernels": Backend(_ner_kernels_transformer("fp32"), _ner_kernels_head("fp32")),
     "ner-kernels-int8": Backend(_ner_kernels_transformer("int8"), _ner_kernels_head("int8")),
+    "ner-kernels-int8-static": Backend(_ner_kernels_transformer("int8", static=True), _ner_kernels_head("int8")),
 }
 
 
@@ -113,7 +119,8 @@ def apply_backend(model, name: str, **options):
     place; the model is returned), a ``WordEncoder`` (its transformer is replaced), or a
     bare ``BertModel`` (its replacement is returned). Give it a model in its original fp32
     form: backends do not stack. ``options`` go to the backend (``block_k``, ``kernels``
-    for ner-kernels; ``onnx_path``, ``threads`` for ONNX Runtime).
+    for ner-kernels, and ``input_ranges`` for ner-kernels-int8-static; ``onnx_path``,
+    ``threads`` for ONNX Runtime).
     """
     from ner.encoders import WordEncoder
 

@@ -32,6 +32,7 @@ class BlockSparseWeight:
     bias: torch.Tensor | None  # fp32 (n_out,)
     scale: torch.Tensor | None = None  # int8: fp32 (n_out,), weight = integer * scale
     row_sum: torch.Tensor | None = None  # int8: int32 (n_out,), sum of each row's integers
+    input_range: float | None = None  # static int8: the calibrated |input| bound (None: per-row dynamic scales)
     _dense: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod

@@ -12,7 +12,7 @@ import torch
 
 from ner.kernels.block_sparse import BlockSparseWeight
 from ner.kernels.build import load_library
-from ner.kernels.reference import QuantizedRows, ReferenceKernels
+from ner.kernels.reference import QuantizedRows, ReferenceKernels, static_scale
 
 _EPILOGUE_CODES = {"none": 0, "gelu": 1, "residual": 2}
 # Below this many rows the fused quantised-output kernel would leave threads idle (it
@@ -79,7 +79,7 @@ class NativeKernels(ReferenceKernels):
                                            _address(weight.bias), _address(residual), _EPILOGUE_CODES[epilogue],
                                            y.data_ptr())
             return self.quantize(y, out=out) if quantize_output else y
-        q = x if quantized_input else self.quantize(x)
+        q = x if quantized_input else self.quantize(x, input_range=weight.input_range)
         offset_sum = self._offset_sum(weight)  # held here: C reads it through its address
         int8_weight = (*common, weight.scale.data_ptr(), offset_sum.data_ptr(), _address(weight.bias))
         if quantize_output and residual is None and n_rows >= FUSED_QUANTIZE_MIN_ROWS:
@@ -97,13 +97,21 @@ class NativeKernels(ReferenceKernels):
                                       y.data_ptr())
         return self.quantize(y, out=out) if quantize_output else y
 
-    def quantize(self, x: torch.Tensor, out: QuantizedRows | None = None) -> QuantizedRows:
-        """Per-row int8 for the int8 kernels (see ``reference.quantize_rows``)."""
+    def quantize(self, x: torch.Tensor, out: QuantizedRows | None = None,
+                 input_range: float | None = None) -> QuantizedRows:
+        """Per-row int8 for the int8 kernels (see ``reference.quantize_rows``); with
+        ``input_range``, static: every row on one fixed scale (``reference.quantize_rows_static``)."""
         if x.device.type != "cpu":
+            if input_range is not None:
+                raise ValueError("static int8 runs on CPU tensors only")
             return QuantizedRows.from_float(x, self.activation_levels)
         x = x.contiguous().float()
         result = _quantized_output(out, tuple(x.shape), self.activation_levels)
-        if x.shape[0]:
+        if x.shape[0] and input_range is not None:
+            self.library.nk_quantize_rows_static(x.data_ptr(), x.shape[0], x.shape[1], self.activation_levels,
+                                                 static_scale(input_range, self.activation_levels),
+                                                 result.integers.data_ptr(), result.scale.data_ptr())
+        elif x.shape[0]:
             self.library.nk_quantize_rows(x.data_ptr(), x.shape[0], x.shape[1], self.activation_levels,
                                           result.integers.data_ptr(), result.scale.data_ptr())
         return result

@@ -36,11 +36,15 @@ class PackedLayer:
 
 
 class PackedBertEncoder(nn.Module):
-    def __init__(self, bert, kernels, *, dtype: str = "fp32", block_k: int = 16):
+    def __init__(self, bert, kernels, *, dtype: str = "fp32", block_k: int = 16,
+                 input_ranges: dict[str, float] | None = None):
         """``bert``: a ``transformers.BertModel`` (absolute positions, GELU); its weights are
         copied. ``kernels``: ``NativeKernels`` or ``ReferenceKernels``. ``dtype``: "fp32" or
         "int8" for the linear layers; embeddings, layer norms, GELU, softmax and residual
-        adds stay fp32."""
+        adds stay fp32. ``input_ranges`` (int8 only): static int8, each linear layer's
+        activations on one scale fixed from these calibrated bounds, keyed by the
+        ``BertModel`` module names (``ner.kernels.static_int8.calibrate_input_ranges``);
+        without them, per-row dynamic scales."""
         super().__init__()
         config = bert.config
         if getattr(config, "position_embedding_type", "absolute") != "absolute" or config.hidden_act != "gelu":
@@ -60,8 +64,20 @@ class PackedBertEncoder(nn.Module):
         def pack(weight, bias):
             return BlockSparseWeight.from_dense(weight.detach(), bias.detach(), block_k=block_k, dtype=dtype)
 
+        if input_ranges is not None and dtype != "int8":
+            raise ValueError("input_ranges (static int8) need dtype='int8'")
+        self.static = input_ranges is not None
+
+        def bound(*names):
+            if input_ranges is None:
+                return None
+            missing = [name for name in names if name not in input_ranges]
+            if missing:
+                raise ValueError(f"input_ranges has no calibrated bound for {missing[0]!r}")
+            return max(float(input_ranges[name]) for name in names)
+
         self.layers = []
-        for layer in bert.encoder.layer:
+        for index, layer in enumerate(bert.encoder.layer):
             attention = layer.attention
             qkv_weight = torch.cat([attention.self.query.weight, attention.self.key.weight, attention.self.value.weight])
             qkv_bias = torch.cat([attention.self.query.bias, attention.self.key.bias, attention.self.value.bias])
@@ -74,6 +90,11 @@ class PackedBertEncoder(nn.Module):
                 output=pack(layer.output.dense.weight, layer.output.dense.bias),
                 output_norm=(layer.output.LayerNorm.weight.detach().clone(), layer.output.LayerNorm.bias.detach().clone()),
             ))
+            prefix, packed = f"encoder.layer.{index}.", self.layers[-1]
+            packed.qkv.input_range = bound(*(prefix + f"attention.self.{n}" for n in ("query", "key", "value")))
+            packed.attention_output.input_range = bound(prefix + "attention.output.dense")
+            packed.intermediate.input_range = bound(prefix + "intermediate.dense")
+            packed.output.input_range = bound(prefix + "output.dense")
 
     @property
     def density(self) -> float:
@@ -108,7 +129,7 @@ class PackedBertEncoder(nn.Module):
         attended = kernels.linear(context, layer.attention_output, epilogue="residual", residual=x,
                                   out=take("attended", (n, x.shape[1])))
         x = kernels.layer_norm(attended, *layer.attention_norm, self.eps)
-        if self.dtype == "int8":  # the GELU output goes to the next int8 layer quantised, never as fp32
+        if self.dtype == "int8" and not self.static:  # the GELU output goes to the next int8 layer quantised, never as fp32
             hidden = kernels.linear(x, layer.intermediate, epilogue="gelu", quantize_output=True,
                                     out=take("hidden", (n, layer.intermediate.n_out), "quantized"))
         else:

@@ -26,6 +26,19 @@ def quantize_rows(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Ten
     return torch.round(x * inverse[:, None]), scale
 
 
+def static_scale(input_range: float, levels: int) -> float:
+    """The one activation scale of a static int8 layer, as the fp32 value the C kernel uses."""
+    return float(torch.tensor(input_range / levels, dtype=torch.float32))
+
+
+def quantize_rows_static(x: torch.Tensor, scale: float, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static int8: every row on the fixed ``scale``, values beyond ``levels`` steps clipped.
+    Computed in fp32 exactly as the C kernel does (clip, then round half to even)."""
+    inverse = torch.tensor(1.0) / torch.tensor(scale) if scale > 0 else torch.tensor(0.0)
+    q = torch.round((x * inverse.to(x.device)).clamp(-levels, levels))
+    return q, torch.full((x.shape[0],), scale, device=x.device)
+
+
 @dataclass
 class QuantizedRows:
     """Activations already quantised per row for an int8 layer: what one int8 linear layer
@@ -68,7 +81,7 @@ class ReferenceKernels:
     def linear(self, x: torch.Tensor | QuantizedRows, weight: BlockSparseWeight, *, epilogue: str = "none",
                residual: torch.Tensor | None = None, quantize_output: bool = False, out=None):
         """epilogue(x @ weight^T + bias); int8 weights quantise ``x`` per row first (unless it
-        comes quantised). ``quantize_output``: return ``QuantizedRows`` for an int8 layer next.
+        comes quantised), on the weight's static scale when it has one (``input_range``). ``quantize_output``: return ``QuantizedRows`` for an int8 layer next.
         ``out`` is a buffer an implementation may write into (this one does not): always use
         the returned value."""
         device = (x.integers if isinstance(x, QuantizedRows) else x).device
@@ -76,6 +89,9 @@ class ReferenceKernels:
             q, x_scale = x.integers.float() - (x.levels + 1), x.scale
             if weight.dtype != "int8" or x.levels != self.activation_levels:
                 raise ValueError("quantised rows go to int8 layers with the same activation levels only")
+        elif weight.dtype == "int8" and weight.input_range is not None:
+            q, x_scale = quantize_rows_static(x, static_scale(weight.input_range, self.activation_levels),
+                                              self.activation_levels)
         elif weight.dtype == "int8":
             q, x_scale = quantize_rows(x, self.activation_levels)
         dense = weight.dense().to(device)

@@ -44,6 +44,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--block-sparsity", type=float, default=0.0,
                         help="first zero this fraction of every encoder weight matrix's blocks by magnitude "
                              "(one-shot, no retraining), for every backend alike")
+    parser.add_argument("--calibrate", default=None, metavar="DATA",
+                        help="calibration text (dataset:split or a file) for the ner-kernels-int8-static backend")
+    parser.add_argument("--calibrate-limit", type=int, default=200, help="first N sentences of --calibrate")
+    parser.add_argument("--calibrate-percentile", type=float, default=100.0,
+                        help="static scales from this percentile of the input magnitudes (100: their maximum)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None, help="threads per candidate (default: PyTorch's)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -62,12 +67,21 @@ def run(args) -> int:
     if not records:
         print("ner bench: no records to run on", file=sys.stderr)
         return 2
+    backends = [name.strip() for name in args.backends.split(",") if name.strip()]
+    calibration = None
+    if "ner-kernels-int8-static" in backends:
+        if not args.calibrate:
+            print("ner bench: the ner-kernels-int8-static backend needs --calibrate DATA (text other than --data)",
+                  file=sys.stderr)
+            return 2
+        calibration = [r.tokens for r in load_records(args.calibrate, unit="sentences", limit=args.calibrate_limit)]
     candidates = []
     for pipeline in args.pipelines:
-        for backend in filter(None, (name.strip() for name in args.backends.split(","))):
+        for backend in backends:
             print(f"preparing {pipeline} on {backend} ...", file=sys.stderr, flush=True)
             candidate = pipeline_candidate(pipeline, backend, data=args.data, batch_size=args.batch_size,
-                                           block_sparsity=args.block_sparsity, threads=threads)
+                                           block_sparsity=args.block_sparsity, threads=threads,
+                                           calibration=calibration, percentile=args.calibrate_percentile)
             if len(args.pipelines) > 1:
                 candidate.name = f"{pipeline} {backend}"
             candidates.append(candidate)
@@ -81,7 +95,9 @@ def run(args) -> int:
         with open(args.json_path, "w") as handle:
             json.dump({"setup": {"pipelines": args.pipelines, "data": args.data, "unit": args.unit,
                                  "records": len(records), "words": n_words, "rounds": args.rounds, "threads": threads,
-                                 "block_sparsity": args.block_sparsity, "kernels": kernels_description()},
+                                 "block_sparsity": args.block_sparsity, "kernels": kernels_description(),
+                                 "calibrate": args.calibrate, "calibrate_limit": args.calibrate_limit,
+                                 "calibrate_percentile": args.calibrate_percentile},
                        "results": [asdict(r) for r in results]}, handle, indent=2)
     return 0
 
@@ -140,8 +156,10 @@ class Result:
 
 
 def pipeline_candidate(pipeline: str, backend: str, *, data: str, batch_size: int, block_sparsity: float = 0.0,
-                       threads: int | None = None) -> Candidate:
-    """The pipeline loaded afresh and switched to ``backend`` (after block pruning, if asked)."""
+                       threads: int | None = None, calibration: list[list[str]] | None = None,
+                       percentile: float = 100.0) -> Candidate:
+    """The pipeline loaded afresh and switched to ``backend`` (after block pruning, if asked;
+    a static int8 backend calibrated on ``calibration``, pre-tokenised texts)."""
     import ner
     from ner.evaluation import predict_docs
     from ner.kernels import apply_backend
@@ -160,7 +178,13 @@ def pipeline_candidate(pipeline: str, backend: str, *, data: str, batch_size: in
         encoder = component.model.encoder
         encoder.transformer = prune_blocks(encoder.transformer, block_sparsity)
         note = f"encoder blocks pruned {100 * block_sparsity:.0f}%"
-    apply_backend(component.model, backend, threads=threads)
+    options = {}
+    if backend == "ner-kernels-int8-static":
+        from ner.kernels.static_int8 import calibrate_input_ranges
+
+        options["input_ranges"] = calibrate_input_ranges(component.model, calibration or [], percentile=percentile)
+        note = ", ".join(filter(None, [note, f"scales: p{percentile:g} of {len(calibration or [])} sentences"]))
+    apply_backend(component.model, backend, threads=threads, **options)
     labels = _dataset_labels(component, data)
     return Candidate(backend, lambda docs: predict_docs(nlp, docs, batch_size, labels), nlp.vocab, note=note)
 

@@ -423,6 +423,44 @@ void nk_quantize_rows(const float *x, int64_t n_rows, int32_t n_in, int32_t leve
     }
 }
 
+/* Static int8: every row on one fixed scale chosen ahead of time from calibration text
+ * (q = clamp(round(x / scale), -levels, levels) + levels + 1): no pass to find each row's max. */
+void nk_quantize_rows_static(const float *x, int64_t n_rows, int32_t n_in, int32_t levels, float scale, uint8_t *q,
+                             float *row_scale) {
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+#pragma omp parallel
+    {
+        FLUSH_DENORMALS_BEGIN
+        const __m256 vinv = _mm256_set1_ps(inv);
+        const __m256 lo = _mm256_set1_ps((float)-levels), hi = _mm256_set1_ps((float)levels);
+        const __m256i offset = _mm256_set1_epi32(levels + 1);
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+#pragma omp for schedule(static)
+        for (int64_t m = 0; m < n_rows; m++) {
+            const float *row = x + m * n_in;
+            uint8_t *out = q + m * n_in;
+            int32_t k = 0;
+            for (; k + 32 <= n_in; k += 32) {
+                __m256i v[4];
+                for (int i = 0; i < 4; i++) {
+                    /* clamped as floats (an integer bound rounds the same either side), then rounded */
+                    __m256 r = _mm256_mul_ps(_mm256_loadu_ps(row + k + 8 * i), vinv);
+                    v[i] = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi)), offset);
+                }
+                __m256i packed = _mm256_packus_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+                _mm256_storeu_si256((__m256i *)(out + k), _mm256_permutevar8x32_epi32(packed, order));
+            }
+            for (; k < n_in; k++) {
+                float r = row[k] * inv;
+                r = r < (float)-levels ? (float)-levels : (r > (float)levels ? (float)levels : r);
+                out[k] = (uint8_t)((int)nearbyintf(r) + levels + 1);
+            }
+            row_scale[m] = scale;
+        }
+        FLUSH_DENORMALS_END
+    }
+}
+
 /* w_offset_sum[n] = offset * sum_k w[n, k]: what the activations' offset adds to row n. */
 void nk_linear_i8(const uint8_t *x, const float *x_scale, int64_t n_rows, int32_t n_in, int32_t n_out, int32_t block_k,
                   const int32_t *row_ptr, const int32_t *col_block, const int8_t *values, const float *w_scale,
