@@ -74,7 +74,7 @@ def run(args) -> int:
             print("ner bench: the ner-kernels-int8-static backend needs --calibrate DATA (text other than --data)",
                   file=sys.stderr)
             return 2
-        calibration = [r.tokens for r in load_records(args.calibrate, unit="sentences", limit=args.calibrate_limit)]
+        calibration = [r.words for r in load_records(args.calibrate, unit="sentences", limit=args.calibrate_limit)]
     candidates = []
     for pipeline in args.pipelines:
         for backend in backends:

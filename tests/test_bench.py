@@ -101,3 +101,17 @@ def test_bench_runs_several_pipelines_side_by_side(pipeline_dir, conll_file, tmp
     results = {r["name"]: r for r in report["results"]}
     assert list(results) == [f"{p} {b}" for p in (pipeline_dir, student) for b in ("torch", "ner-kernels")]
     assert results[f"{student} torch"]["f1"] == results[f"{pipeline_dir} torch"]["f1"]  # same weights, same words
+
+
+def test_bench_calibrates_the_static_int8_backend_on_other_text(pipeline_dir, conll_file, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["bench", str(pipeline_dir), "--data", str(conll_file), "--rounds", "1",
+            "--backends", "ner-kernels-int8,ner-kernels-int8-static"]
+    assert main(args) == 2  # no calibration text: refused, saying why
+    assert "--calibrate" in capsys.readouterr().err
+    assert main(args + ["--calibrate", str(conll_file), "--calibrate-limit", "5", "--calibrate-percentile", "99.9",
+                        "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    dynamic, static = report["results"]
+    assert static["name"] == "ner-kernels-int8-static" and "p99.9 of 5 sentences" in static["note"]
+    assert report["setup"]["calibrate_percentile"] == 99.9 and 0.0 <= static["f1"] <= 1.0
