@@ -2,7 +2,6 @@
 packed encoder on fixed scales (close to fp32 when the bounds fit, clipped when they do not)."""
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from conftest import tiny_tokenizer, tiny_transformer
 from ner.kernels import apply_backend
@@ -12,22 +11,7 @@ from ner.kernels.native import native_kernels
 from ner.kernels.packed_encoder import PackedBertEncoder
 from ner.kernels.reference import ReferenceKernels, quantize_rows_static, static_scale
 from ner.kernels.static_int8 import calibrate_input_ranges
-
-
-def bert(hidden=64, heads=4, layers=2, seed=0):
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                        intermediate_size=2 * hidden, max_position_embeddings=64)
-    return BertModel(config, add_pooling_layer=False).eval()
-
-
-def batch(lengths, width, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 50, (len(lengths), width), generator=generator)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, length in enumerate(lengths):
-        mask[row, :length] = 1
-    return ids, mask
+from test_kernels_encoder import bert, padded_batch as batch
 
 
 def observed_ranges(model, ids, mask):
