@@ -129,7 +129,8 @@ class PackedBertEncoder(nn.Module):
         attended = kernels.linear(context, layer.attention_output, epilogue="residual", residual=x,
                                   out=take("attended", (n, x.shape[1])))
         x = kernels.layer_norm(attended, *layer.attention_norm, self.eps)
-        if self.dtype == "int8" and not self.static:  # the GELU output goes to the next int8 layer quantised, never as fp32
+        # dynamic int8: the GELU output goes to the next int8 layer quantised, never as fp32
+        if self.dtype == "int8" and not self.static:
             hidden = kernels.linear(x, layer.intermediate, epilogue="gelu", quantize_output=True,
                                     out=take("hidden", (n, layer.intermediate.n_out), "quantized"))
         else:

@@ -81,7 +81,8 @@ class ReferenceKernels:
     def linear(self, x: torch.Tensor | QuantizedRows, weight: BlockSparseWeight, *, epilogue: str = "none",
                residual: torch.Tensor | None = None, quantize_output: bool = False, out=None):
         """epilogue(x @ weight^T + bias); int8 weights quantise ``x`` per row first (unless it
-        comes quantised), on the weight's static scale when it has one (``input_range``). ``quantize_output``: return ``QuantizedRows`` for an int8 layer next.
+        comes quantised), on the weight's static scale when it has one (``input_range``).
+        ``quantize_output``: return ``QuantizedRows`` for an int8 layer next.
         ``out`` is a buffer an implementation may write into (this one does not): always use
         the returned value."""
         device = (x.integers if isinstance(x, QuantizedRows) else x).device
