@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ner.rounding import observe_linear_inputs
+
 SAMPLE_PER_CALL = 20_000  # magnitudes kept per layer and forward call for a percentile
 
 
@@ -33,31 +35,19 @@ def calibrate_input_ranges(model, words: list[list[str]], *, percentile: float =
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
     if not words:
         raise ValueError("calibration needs at least one text")
-    transformer = model.encoder.transformer
-    linears = {name: m for name, m in transformer.named_modules() if isinstance(m, nn.Linear)}
+    linears = {name: m for name, m in model.encoder.transformer.named_modules() if isinstance(m, nn.Linear)}
     largest = dict.fromkeys(linears, 0.0)
     samples = {name: [] for name in linears}
     generator = torch.Generator().manual_seed(seed)
 
-    def hook(name):
-        def record(_module, inputs, _output):
-            magnitudes = inputs[0].detach().abs().flatten().float()
-            largest[name] = max(largest[name], float(magnitudes.max()))
-            if percentile < 100:
-                pick = torch.randint(len(magnitudes), (min(SAMPLE_PER_CALL, len(magnitudes)),), generator=generator)
-                samples[name].append(magnitudes[pick])
-        return record
+    def record(name, inputs):
+        magnitudes = inputs.abs().flatten().float()
+        largest[name] = max(largest[name], float(magnitudes.max()))
+        if percentile < 100:
+            pick = torch.randint(len(magnitudes), (min(SAMPLE_PER_CALL, len(magnitudes)),), generator=generator)
+            samples[name].append(magnitudes[pick])
 
-    handles = [m.register_forward_hook(hook(name)) for name, m in linears.items()]
-    model.eval()
-    try:
-        with torch.inference_mode():
-            ordered = sorted(words, key=len)
-            for start in range(0, len(ordered), batch_size):
-                model.predict(ordered[start:start + batch_size])
-    finally:
-        for handle in handles:
-            handle.remove()
+    observe_linear_inputs(model, words, linears, record, batch_size=batch_size)
     if percentile == 100:
         return largest
     return {name: float(torch.quantile(torch.cat(samples[name]), percentile / 100)) for name in linears}

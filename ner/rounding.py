@@ -18,28 +18,40 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-MIN_NUMEL = 4096  # int8 storage quantises 2-D tensors at least this large (ner.weights)
+from ner.weights import INT8_MIN_NUMEL, int8_rows
 
 
-def input_moments(model: nn.Module, run, linears: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
-    """XᵀX / n (float64) of the inputs each of ``linears`` sees while ``run()`` runs ``model``."""
-    sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in linears.items()}
-    counts = dict.fromkeys(linears, 0)
-
+def observe_linear_inputs(model: nn.Module, words: list[list[str]], linears: dict[str, nn.Linear], observe,
+                          *, batch_size: int = 8) -> None:
+    """Run ``model.predict`` over ``words`` (pre-tokenised texts, in batches of similar
+    length) and call ``observe(name, inputs)`` with what each of ``linears`` is given."""
     def hook(name):
-        def record(_module, inputs, _output):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
-            sums[name] += x.T @ x
-            counts[name] += x.shape[0]
-        return record
+        return lambda _module, inputs, _output: observe(name, inputs[0].detach())
 
     handles = [m.register_forward_hook(hook(name)) for name, m in linears.items()]
+    model.eval()
     try:
         with torch.inference_mode():
-            run()
+            ordered = sorted(words, key=len)
+            for start in range(0, len(ordered), batch_size):
+                model.predict(ordered[start:start + batch_size])
     finally:
         for handle in handles:
             handle.remove()
+
+
+def input_moments(model: nn.Module, words: list[list[str]], linears: dict[str, nn.Linear],
+                  *, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """XᵀX / n (float64) of the inputs each of ``linears`` sees while ``model`` reads ``words``."""
+    sums = {name: torch.zeros(m.in_features, m.in_features, dtype=torch.float64) for name, m in linears.items()}
+    counts = dict.fromkeys(linears, 0)
+
+    def record(name, inputs):
+        x = inputs.reshape(-1, inputs.shape[-1]).to(torch.float64)
+        sums[name] += x.T @ x
+        counts[name] += x.shape[0]
+
+    observe_linear_inputs(model, words, linears, record, batch_size=batch_size)
     return {name: sums[name] / max(counts[name], 1) for name in linears}
 
 
@@ -47,7 +59,7 @@ def round_weight(weight: torch.Tensor, moment: torch.Tensor, damping: float = 0.
     """``weight`` (out, in) rounded to its per-row int8 grid, column errors spread by
     ``moment`` (in, in); returned as floats on the grid."""
     w = weight.detach().to(torch.float64).clone()
-    scale = (w.abs().amax(dim=1).clamp(min=1e-12) / 127.0)
+    scale = int8_rows(w)[1].squeeze(1)
     n_in = w.shape[1]
     h = moment.clone()
     dead = torch.diag(h) == 0  # inputs never seen: nothing to preserve
@@ -74,20 +86,13 @@ def round_for_int8(model: nn.Module, words: list[list[str]], *, batch_size: int 
     per layer, the mean squared output change on the calibration inputs of plain rounding and
     of this rounding (computed from the input moments)."""
     linears = {name: m for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and m.weight.numel() >= MIN_NUMEL}
-    model.eval()
-
-    def run():
-        ordered = sorted(words, key=len)
-        for start in range(0, len(ordered), batch_size):
-            model.predict(ordered[start:start + batch_size])
-
-    moments = input_moments(model, run, linears)
+               if isinstance(m, nn.Linear) and m.weight.numel() >= INT8_MIN_NUMEL}
+    moments = input_moments(model, words, linears, batch_size=batch_size)
     report = {}
     for name, module in linears.items():
         weight = module.weight.data
-        scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-        plain = torch.round(weight / scale).clamp(-127, 127) * scale
+        integers, scale = int8_rows(weight)
+        plain = integers * scale
         better = round_weight(weight, moments[name], damping)
         report[name] = {"plain": output_error(weight, plain, moments[name]),
                         "calibrated": output_error(weight, better, moments[name])}

@@ -25,6 +25,16 @@ INT4_SCALE_SUFFIX = ".__scale4__"  # fp16 scales, shape (rows, columns / INT4_GR
 INT4_GROUP = 64
 
 
+INT8_MIN_NUMEL = 4096  # int8 storage quantises 2-D tensors at least this large
+
+
+def int8_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(integers as floats in −127…127, per-row scale (rows, 1)) of a 2-D tensor: int8
+    storage's grid, nearest step, entry by entry."""
+    scale = tensor.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
+    return torch.round(tensor / scale).clamp(-127, 127), scale
+
+
 def quantise_int4(tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(packed uint8 nibbles, fp16 group scales) of a 2-D float tensor whose column count
     is a multiple of INT4_GROUP: symmetric, values −7…7 stored with an offset of 8."""
@@ -54,9 +64,9 @@ def save_weights(state: dict[str, torch.Tensor], path, storage: str = "fp32") ->
         elif (storage == "int8-emb4" and name.endswith("word_embeddings.weight") and tensor.dim() == 2
               and tensor.shape[1] % INT4_GROUP == 0):
             tensors[name + INT4_SUFFIX], tensors[name + INT4_SCALE_SUFFIX] = quantise_int4(tensor)
-        elif storage in ("int8", "int8-emb4") and tensor.dim() == 2 and tensor.numel() >= 4096:
-            scale = tensor.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127.0
-            tensors[name] = torch.round(tensor / scale).to(torch.int8).contiguous()
+        elif storage in ("int8", "int8-emb4") and tensor.dim() == 2 and tensor.numel() >= INT8_MIN_NUMEL:
+            integers, scale = int8_rows(tensor)
+            tensors[name] = integers.to(torch.int8).contiguous()
             tensors[name + SCALE_SUFFIX] = scale.float().contiguous()
         elif storage == "fp16" and tensor.dim() == 2:
             tensors[name] = tensor.half()
