@@ -201,6 +201,21 @@ def test_a_student_distils_the_teacher_with_fewer_layers(tmp_path):
     keep_layers(student.encoder.transformer, [1])
     assert distillation_loss(student, segments, {"soft_weight": 0.0, "hard_weight": 0.0, "hidden_weight": 1.0}).item() > 5e-5
 
+    # inner-state transfer (the teacher runs beside the student): nothing to learn from itself ...
+    inner = {"soft_weight": 0.0, "hard_weight": 0.0, "layer_weight": 1.0, "relation_weight": 1.0, "relation_heads": 4}
+    with pytest.raises(ValueError, match="teacher"):
+        distillation_loss(student, segments, inner)
+    teacher.eval()
+    assert distillation_loss(teacher, segments, inner, teacher).item() < 1e-5
+    # ... but a one-layer student (teacher layer 1 kept) differs from the teacher in relations and in layer 0's output
+    student.train(False)
+    loss = distillation_loss(student, segments, inner, teacher, layer_map=[1])
+    assert loss.item() > 1e-4  # its layer 0 holds the teacher's layer 1 but reads the embeddings, not layer 0's output
+    loss.backward()
+    query = student.encoder.transformer.encoder.layer[0].attention.self.query.weight
+    assert query.grad is not None and query.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+
     # the recipe: init from the teacher, one of its layers, soft + hard + hidden, unlabeled text, a backend to load on
     recipe = write_recipe(tmp_path, "student", init=teacher_run["output"], training="learning_rate = 1e-3")
     text = recipe.read_text().replace("[training]", '[distillation]\nteacher = "%s"\nsoft_weight = 1.0\nhard_weight = 0.5\n'
