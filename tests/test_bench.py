@@ -115,3 +115,15 @@ def test_bench_calibrates_the_static_int8_backend_on_other_text(pipeline_dir, co
     dynamic, static = report["results"]
     assert static["name"] == "ner-kernels-int8-static" and "p99.9 of 5 sentences" in static["note"]
     assert report["setup"]["calibrate_percentile"] == 99.9 and 0.0 <= static["f1"] <= 1.0
+
+
+def test_kernel_microbench_measures_every_operation_on_both_implementations():
+    from ner.kernels.build import load_library
+    from ner.kernels.microbench import SHAPES, measure
+
+    if load_library() is None:
+        pytest.skip("the C kernels cannot be built here")
+    results = measure(rows=64, repeats=1, window=32)
+    assert len(results) == 3 * len(SHAPES) + 2
+    assert all(value > 0 for value in results.values())
+    assert sum("kernels int8" in name for name in results) == len(SHAPES)
