@@ -2,7 +2,7 @@
 
 A recipe with a ``[distillation]`` table trains its student (``[encoder] init`` with
 ``layers``: the teacher's own weights with only some of its transformer layers) against
-three targets, weighted by the table:
+up to five targets, weighted by the table:
 
 - ``soft_weight``: binary cross-entropy against the teacher's sigmoid probability of
   every (span, label) cell, the "soft span-label distributions";
@@ -22,9 +22,9 @@ The last two need the teacher's inner states, which the fixed targets do not hol
 either weight set, the teacher is loaded on ``torch`` and runs beside the student on each
 batch (no gradient).
 
-The other targets are fixed: segments are fixed for a run (only their batching changes by epoch), so the teacher runs
-once, before training, on the backend it ships with, and its outputs ride on each
-segment (fp16). ``unlabeled`` names more ``dataset:split`` text that the teacher labels;
+The first three are fixed targets: segments are fixed for a run (only their batching
+changes by epoch), so the teacher runs once, before training, on the backend it ships
+with, and its outputs ride on each segment (fp16). ``unlabeled`` names more ``dataset:split`` text that the teacher labels;
 its gold spans are ignored (hard loss masked) and only the teacher's targets train.
 
 The teacher never sees test data: it labels the train splits and ``unlabeled`` only.
