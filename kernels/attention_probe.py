@@ -12,33 +12,7 @@ Slow (attention in PyTorch, one sequence run at a time); it measures accuracy on
 """
 from __future__ import annotations
 
-import math
 import sys
-
-import torch
-
-from ner.kernels.reference import sequence_runs
-
-
-def fake_quantize(x: torch.Tensor, levels: int, dim: int = -1) -> torch.Tensor:
-    """Symmetric rounding to ``levels`` steps of the largest magnitude along ``dim``."""
-    scale = x.abs().amax(dim, keepdim=True).clamp(min=1e-12) / levels
-    return torch.round(x / scale) * scale
-
-
-def int8_attention(qkv: torch.Tensor, lengths: list[int], n_heads: int, *, probabilities: bool) -> torch.Tensor:
-    hidden = qkv.shape[1] // 3
-    head_size = hidden // n_heads
-    result = qkv.new_empty(qkv.shape[0], hidden)
-    for row, count, length in sequence_runs(lengths):
-        part = qkv[row : row + count * length].view(count, length, 3, n_heads, head_size)
-        q, k, v = (part[:, :, i].transpose(1, 2) for i in range(3))
-        scores = fake_quantize(q, 63) @ fake_quantize(k, 127).transpose(-1, -2) / math.sqrt(head_size)
-        p = torch.softmax(scores, -1)
-        if probabilities:
-            p, v = fake_quantize(p, 127), fake_quantize(v, 127, dim=-2)
-        result[row : row + count * length] = (p @ v).transpose(1, 2).reshape(count * length, hidden)
-    return result
 
 
 def main(argv=None) -> int:
@@ -49,10 +23,10 @@ def main(argv=None) -> int:
     mode, pipeline, data = argv
     from ner.cli import main as ner_main
     from ner.kernels.native import NativeKernels
-    from ner.kernels.reference import ReferenceKernels
+    from ner.kernels.reference import ReferenceKernels, int8_attention
 
-    def attention(self, qkv, lengths, n_heads, out=None):
-        result = int8_attention(qkv, lengths, n_heads, probabilities=mode == "qkpv")
+    def attention(self, qkv, lengths, n_heads, out=None, int8=False):
+        result = int8_attention(qkv, lengths, n_heads, self.activation_levels, probabilities=mode == "qkpv")
         return result if out is None else out.copy_(result)
 
     NativeKernels.attention = ReferenceKernels.attention = attention

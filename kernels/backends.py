@@ -68,7 +68,7 @@ def _onnxruntime_head(quantize: bool):
     return build
 
 
-def _ner_kernels_transformer(dtype: str, static: bool = False):
+def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: bool = False):
     def build(transformer, *, block_k: int = 16, kernels=None, input_ranges=None, **_options):
         from ner.kernels.packed_encoder import PackedBertEncoder
 
@@ -76,7 +76,7 @@ def _ner_kernels_transformer(dtype: str, static: bool = False):
             raise ValueError("backend 'ner-kernels-int8-static' needs input_ranges=: calibrate them on the fp32 "
                              "model with ner.kernels.static_int8.calibrate_input_ranges(model, words)")
         return PackedBertEncoder(transformer, kernels or default_kernels(), dtype=dtype, block_k=block_k,
-                                 input_ranges=input_ranges if static else None)
+                                 input_ranges=input_ranges if static else None, int8_attention=int8_attention)
 
     return build
 
@@ -101,6 +101,8 @@ BACKENDS: dict[str, Backend] = {
     "ner-kernels": Backend(_ner_kernels_transformer("fp32"), _ner_kernels_head("fp32")),
     "ner-kernels-int8": Backend(_ner_kernels_transformer("int8"), _ner_kernels_head("int8")),
     "ner-kernels-int8-static": Backend(_ner_kernels_transformer("int8", static=True), _ner_kernels_head("int8")),
+    # int8 attention too (Q·Kᵀ and P·V; softmax fp32): measured, not yet chosen by a pipeline
+    "ner-kernels-int8-attention": Backend(_ner_kernels_transformer("int8", int8_attention=True), _ner_kernels_head("int8")),
 }
 
 

@@ -43,6 +43,8 @@ _SIGNATURES = {
     "nk_layer_norm": ([_POINTER, ctypes.c_int64, ctypes.c_int32, _POINTER, _POINTER, ctypes.c_float], None),
     "nk_gelu": ([_POINTER, ctypes.c_int64], None),
     "nk_attention": ([_POINTER, _POINTER, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _POINTER], ctypes.c_int),
+    "nk_attention_i8": ([_POINTER, _POINTER, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _POINTER],
+                        ctypes.c_int),
     "nk_span_head": ([_POINTER, _POINTER, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, _POINTER, ctypes.c_int32,
                       _POINTER, _POINTER, ctypes.c_int32, _POINTER], ctypes.c_int),
 }

@@ -156,17 +156,24 @@ class NativeKernels(ReferenceKernels):
             return super().span_head(start, end, width, n_words, classify_in, classify_out)
         return logits
 
-    def attention(self, qkv, lengths, n_heads, out=None):
+    def attention(self, qkv, lengths, n_heads, out=None, int8=False):
         hidden = qkv.shape[1] // 3
         if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or (hidden // n_heads) % 8:
-            return super().attention(qkv, lengths, n_heads)
+            return super().attention(qkv, lengths, n_heads, int8=int8)
         qkv = qkv.contiguous()
         starts = torch.zeros(len(lengths) + 1, dtype=torch.int64)
         starts[1:] = torch.as_tensor(lengths, dtype=torch.int64).cumsum(0)
         out = _fp32_output(out, (qkv.shape[0], hidden))
-        if self.library.nk_attention(qkv.data_ptr(), starts.data_ptr(), len(lengths), n_heads, hidden // n_heads,
-                                     out.data_ptr()) != 0:
-            return super().attention(qkv, lengths, n_heads)
+        if int8 and (hidden // n_heads) % 32 == 0:
+            status = self.library.nk_attention_i8(qkv.data_ptr(), starts.data_ptr(), len(lengths), n_heads,
+                                                  hidden // n_heads, self.activation_levels, out.data_ptr())
+        elif int8:
+            return super().attention(qkv, lengths, n_heads, int8=True)
+        else:
+            status = self.library.nk_attention(qkv.data_ptr(), starts.data_ptr(), len(lengths), n_heads,
+                                               hidden // n_heads, out.data_ptr())
+        if status != 0:
+            return super().attention(qkv, lengths, n_heads, int8=int8)
         return out
 
 

@@ -37,14 +37,15 @@ class PackedLayer:
 
 class PackedBertEncoder(nn.Module):
     def __init__(self, bert, kernels, *, dtype: str = "fp32", block_k: int = 16,
-                 input_ranges: dict[str, float] | None = None):
+                 input_ranges: dict[str, float] | None = None, int8_attention: bool = False):
         """``bert``: a ``transformers.BertModel`` (absolute positions, GELU); its weights are
         copied. ``kernels``: ``NativeKernels`` or ``ReferenceKernels``. ``dtype``: "fp32" or
         "int8" for the linear layers; embeddings, layer norms, GELU, softmax and residual
         adds stay fp32. ``input_ranges`` (int8 only): static int8, each linear layer's
         activations on one scale fixed from these calibrated bounds, keyed by the
         ``BertModel`` module names (``ner.kernels.static_int8.calibrate_input_ranges``);
-        without them, per-row dynamic scales."""
+        without them, per-row dynamic scales. ``int8_attention``: Q·Kᵀ and P·V on int8
+        operands too (softmax in fp32; ``ReferenceKernels.attention``)."""
         super().__init__()
         config = bert.config
         if getattr(config, "position_embedding_type", "absolute") != "absolute" or config.hidden_act != "gelu":
@@ -53,6 +54,7 @@ class PackedBertEncoder(nn.Module):
         self.kernels = kernels
         self.dtype = dtype
         self.eps = config.layer_norm_eps
+        self.int8_attention = int8_attention
         self.workspace = Workspace()
         embeddings = bert.embeddings
         # Embedding tables stay parameters: the WordEncoder finds its device through them.
@@ -125,7 +127,8 @@ class PackedBertEncoder(nn.Module):
         kernels, n = self.kernels, x.shape[0]
         take = self._buffer if x.device.type == "cpu" else (lambda *_args: None)
         qkv = kernels.linear(x, layer.qkv, out=take("qkv", (n, layer.qkv.n_out)))
-        context = kernels.attention(qkv, lengths, layer.n_heads, out=take("context", (n, layer.attention_output.n_in)))
+        context = kernels.attention(qkv, lengths, layer.n_heads, out=take("context", (n, layer.attention_output.n_in)),
+                                    int8=self.int8_attention)
         attended = kernels.linear(context, layer.attention_output, epilogue="residual", residual=x,
                                   out=take("attended", (n, x.shape[1])))
         x = kernels.layer_norm(attended, *layer.attention_norm, self.eps)

@@ -114,9 +114,12 @@ class ReferenceKernels:
     def layer_norm(self, x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float) -> torch.Tensor:
         return functional.layer_norm(x, (x.shape[-1],), gamma, beta, eps)
 
-    def attention(self, qkv: torch.Tensor, lengths: list[int], n_heads: int, out=None) -> torch.Tensor:
+    def attention(self, qkv: torch.Tensor, lengths: list[int], n_heads: int, out=None, int8: bool = False) -> torch.Tensor:
         """Self-attention inside each sequence: (n_tokens, 3 * hidden) → (n_tokens, hidden).
-        Consecutive sequences of equal length go through one fused SDPA call together."""
+        Consecutive sequences of equal length go through one fused SDPA call together.
+        ``int8``: Q·Kᵀ and P·V on int8 operands (``int8_attention``)."""
+        if int8:
+            return int8_attention(qkv, lengths, n_heads, self.activation_levels)
         hidden = qkv.shape[1] // 3
         head_size = hidden // n_heads
         out = qkv.new_empty(qkv.shape[0], hidden)
@@ -137,3 +140,29 @@ class ReferenceKernels:
         end = end.reshape(-1, n_words, hidden)[:, last.clamp(max=n_words - 1)]
         spans = functional.gelu(start + end + width).reshape(-1, hidden)
         return self.linear(self.linear(spans, classify_in, epilogue="gelu"), classify_out)
+
+
+def fake_quantize(x: torch.Tensor, levels: int, dim: int = -1) -> torch.Tensor:
+    """Symmetric rounding to ``levels`` steps of the largest magnitude along ``dim``."""
+    scale = x.abs().amax(dim, keepdim=True).clamp(min=1e-12) / levels
+    return torch.round(x / scale) * scale
+
+
+def int8_attention(qkv: torch.Tensor, lengths: list[int], n_heads: int, levels: int,
+                   probabilities: bool = True) -> torch.Tensor:
+    """The arithmetic of the C kernels' int8 attention: queries rounded per (token, head) to
+    ``levels`` (the activation levels), keys per (token, head) to 127; softmax in fp32; with
+    ``probabilities``, each query's probabilities to 127 levels of their largest and the values
+    per head dimension (over the keys) to 127."""
+    hidden = qkv.shape[1] // 3
+    head_size = hidden // n_heads
+    result = qkv.new_empty(qkv.shape[0], hidden)
+    for row, count, length in sequence_runs(lengths):
+        part = qkv[row : row + count * length].view(count, length, 3, n_heads, head_size)
+        q, k, v = (part[:, :, i].transpose(1, 2) for i in range(3))
+        scores = fake_quantize(q, levels) @ fake_quantize(k, 127).transpose(-1, -2) / head_size ** 0.5
+        p = torch.softmax(scores, -1)
+        if probabilities:
+            p, v = fake_quantize(p, 127), fake_quantize(v, 127, dim=-2)
+        result[row : row + count * length] = (p @ v).transpose(1, 2).reshape(count * length, hidden)
+    return result

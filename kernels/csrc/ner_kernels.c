@@ -826,6 +826,173 @@ int nk_attention(const float *qkv, const int64_t *starts, int32_t n_seqs, int32_
     return failed ? -1 : 0;
 }
 
+/* ---- self-attention in int8: the linear layers' int8 tile for both products ----------- */
+
+#define ATTENTION_I8_STRIP 12 /* queries whose scores are held at once: a multiple of every int8 tile's rows */
+
+typedef struct {
+    int8_t *keys, *values_t;  /* keys as the "weights" of 32-key block-rows; values transposed the same way */
+    float *key_scale, *value_scale, *query_scale, *scores, *probability_scale;
+    int32_t *key_offset, *zeros;
+    uint8_t *queries, *probabilities;
+} attention_i8_buffers;
+
+/* One (sequence, head). Keys: 127 levels per key; queries: the kernels' activation levels per
+ * query (scale x 1/sqrt(d)); scores by tile_i8 with keys as the weights; softmax in fp32; each
+ * probability row to 127 unsigned levels of its largest value (1 after the subtraction);
+ * values transposed, 127 levels per head dimension; P.V by tile_i8 with the values as the
+ * weights. keys32/keys4: the length rounded up to 32 and to 4. head_size a multiple of 32. */
+static void attend_one_i8(const float *qkv, int64_t ld, int32_t length, int32_t head_size, int32_t levels,
+                          int64_t q_offset, int64_t k_offset, int64_t v_offset, float *out, int64_t ld_out,
+                          int32_t keys32, int32_t keys4, const attention_i8_buffers *b) {
+    const int32_t zero_col = 0;
+    const float scale = 1.0f / sqrtf((float)head_size);
+    for (int32_t j = 0; j < keys32; j++) {
+        int8_t *block = b->keys + (int64_t)(j / 32) * 32 * head_size;
+        if (j >= length) {
+            for (int32_t d = 0; d < head_size; d++) block[(d / 4) * 128 + (j % 32) * 4 + d % 4] = 0;
+            b->key_scale[j] = 0.0f;
+            b->key_offset[j] = 0;
+            continue;
+        }
+        const float *key = qkv + (int64_t)j * ld + k_offset;
+        __m256 vmax = _mm256_setzero_ps();
+        for (int32_t d = 0; d < head_size; d += 8)
+            vmax = _mm256_max_ps(vmax, _mm256_and_ps(_mm256_loadu_ps(key + d), _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))));
+        const float amax = hmax256(vmax);
+        const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        for (int32_t d = 0; d < head_size; d++) {
+            const int32_t v = (int32_t)nearbyintf(key[d] * inverse);
+            block[(d / 4) * 128 + (j % 32) * 4 + d % 4] = (int8_t)v;
+            sum += v;
+        }
+        b->key_scale[j] = amax / 127.0f;
+        b->key_offset[j] = (levels + 1) * sum;
+    }
+    for (int32_t i = 0; i < length; i++) {
+        quantize_row(qkv + (int64_t)i * ld + q_offset, head_size, levels, b->queries + (int64_t)i * head_size, b->query_scale + i);
+        b->query_scale[i] *= scale;
+    }
+    /* values: each dimension's largest magnitude over the keys (rows read in order), then the
+     * transposed int8 blocks */
+    float *inverse = b->value_scale + head_size; /* scratch beside the scales */
+    for (int32_t d = 0; d < head_size; d++) b->value_scale[d] = 0.0f;
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int32_t j = 0; j < length; j++) {
+        const float *value = qkv + (int64_t)j * ld + v_offset;
+        for (int32_t d = 0; d < head_size; d += 8)
+            _mm256_storeu_ps(b->value_scale + d, _mm256_max_ps(_mm256_loadu_ps(b->value_scale + d),
+                                                               _mm256_and_ps(_mm256_loadu_ps(value + d), abs_mask)));
+    }
+    for (int32_t d = 0; d < head_size; d++) {
+        inverse[d] = b->value_scale[d] > 0.0f ? 127.0f / b->value_scale[d] : 0.0f;
+        b->value_scale[d] /= 127.0f;
+    }
+    for (int32_t j = 0; j < keys4; j++) {
+        const float *value = qkv + (int64_t)j * ld + v_offset;
+        for (int32_t d = 0; d < head_size; d++)
+            b->values_t[(int64_t)(d / 32) * keys4 * 32 + (j / 4) * 128 + (d % 32) * 4 + j % 4] =
+                j < length ? (int8_t)nearbyintf(value[d] * inverse[d]) : 0;
+    }
+    for (int32_t i0 = 0; i0 < length; i0 += ATTENTION_I8_STRIP) {
+        const int32_t strip = length - i0 < ATTENTION_I8_STRIP ? length - i0 : ATTENTION_I8_STRIP;
+        for (int32_t m = 0; m < strip; m += I8_TILE_ROWS) {
+            const int rows = strip - m < I8_TILE_ROWS ? strip - m : I8_TILE_ROWS;
+            for (int32_t nb = 0; nb < keys32 / 32; nb++)
+                tile_i8(b->queries + (int64_t)(i0 + m) * head_size, head_size, rows, head_size, &zero_col, 1,
+                        b->keys + (int64_t)nb * 32 * head_size, b->query_scale + i0 + m, b->key_scale + nb * 32,
+                        b->key_offset + nb * 32, NULL, NULL, keys32, EPILOGUE_NONE, b->scores + (int64_t)m * keys32 + nb * 32);
+        }
+        for (int32_t r = 0; r < strip; r++) {
+            float *s = b->scores + (int64_t)r * keys32;
+            uint8_t *p = b->probabilities + (int64_t)r * keys4;
+            int32_t j = 0;
+            __m256 vmax = _mm256_set1_ps(-INFINITY);
+            for (; j + 8 <= length; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
+            float smax = hmax256(vmax);
+            for (; j < length; j++) smax = fmaxf(smax, s[j]);
+            const __m256 m = _mm256_set1_ps(smax);
+            __m256 vsum = _mm256_setzero_ps();
+            for (j = 0; j + 8 <= length; j += 8) {
+                const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
+                _mm256_storeu_ps(s + j, e);
+                vsum = _mm256_add_ps(vsum, e);
+            }
+            float sum = hsum256(vsum);
+            for (; j < length; j++) {
+                s[j] = expf(s[j] - smax);
+                sum += s[j];
+            }
+            const __m256 levels127 = _mm256_set1_ps(127.0f);
+            for (j = 0; j + 8 <= length; j += 8) {
+                const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(s + j), levels127));
+                const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+                _mm_storel_epi64((__m128i *)(p + j), _mm_packus_epi16(words, words));
+            }
+            for (; j < length; j++) p[j] = (uint8_t)nearbyintf(s[j] * 127.0f);
+            for (; j < keys4; j++) p[j] = 0;
+            b->probability_scale[r] = 1.0f / (127.0f * sum);
+        }
+        for (int32_t m = 0; m < strip; m += I8_TILE_ROWS) {
+            const int rows = strip - m < I8_TILE_ROWS ? strip - m : I8_TILE_ROWS;
+            for (int32_t nb = 0; nb < head_size / 32; nb++)
+                tile_i8(b->probabilities + (int64_t)m * keys4, keys4, rows, keys4, &zero_col, 1,
+                        b->values_t + (int64_t)nb * keys4 * 32, b->probability_scale + m, b->value_scale + nb * 32,
+                        b->zeros, NULL, NULL, ld_out, EPILOGUE_NONE, out + (int64_t)(i0 + m) * ld_out + nb * 32);
+        }
+    }
+}
+
+/* As nk_attention, in int8 (attend_one_i8); levels: the queries' activation levels.
+ * head_size must be a multiple of 32, at most 256; returns -1 otherwise (or when memory runs out). */
+int nk_attention_i8(const float *qkv, const int64_t *starts, int32_t n_seqs, int32_t n_heads, int32_t head_size,
+                    int32_t levels, float *out) {
+    if (head_size % 32 || head_size > 256) return -1;
+    const int64_t hidden = (int64_t)n_heads * head_size, ld = 3 * hidden;
+    int64_t longest = 0;
+    for (int32_t s = 0; s < n_seqs; s++) longest = starts[s + 1] - starts[s] > longest ? starts[s + 1] - starts[s] : longest;
+    const int32_t keys32 = (int32_t)((longest + 31) & ~31);
+    int failed = 0;
+#pragma omp parallel
+    {
+        FLUSH_DENORMALS_BEGIN
+        attention_i8_buffers b;
+        b.keys = malloc((size_t)keys32 * head_size);
+        b.values_t = malloc((size_t)keys32 * head_size);
+        b.key_scale = malloc(sizeof(float) * keys32);
+        b.key_offset = malloc(sizeof(int32_t) * keys32);
+        b.value_scale = malloc(sizeof(float) * 2 * head_size);
+        b.zeros = calloc((size_t)head_size, sizeof(int32_t));
+        b.queries = malloc((size_t)(keys32 ? keys32 : 1) * head_size);
+        b.query_scale = malloc(sizeof(float) * (keys32 ? keys32 : 1));
+        b.scores = malloc(sizeof(float) * ATTENTION_I8_STRIP * (keys32 ? keys32 : 1));
+        b.probabilities = malloc((size_t)ATTENTION_I8_STRIP * (keys32 ? keys32 : 1));
+        b.probability_scale = malloc(sizeof(float) * ATTENTION_I8_STRIP);
+        const int ok = b.keys && b.values_t && b.key_scale && b.key_offset && b.value_scale && b.zeros && b.queries &&
+                       b.query_scale && b.scores && b.probabilities && b.probability_scale;
+        if (!ok) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 1) collapse(2)
+        for (int32_t s = 0; s < n_seqs; s++) {
+            for (int32_t h = 0; h < n_heads; h++) {
+                const int64_t first = starts[s];
+                const int32_t length = (int32_t)(starts[s + 1] - first);
+                if (!ok || length == 0) continue;
+                attend_one_i8(qkv + first * ld, ld, length, head_size, levels, h * head_size, hidden + h * head_size,
+                              2 * hidden + h * head_size, out + first * hidden + h * head_size, hidden,
+                              (length + 31) & ~31, (length + 3) & ~3, &b);
+            }
+        }
+        free(b.keys); free(b.values_t); free(b.key_scale); free(b.key_offset); free(b.value_scale); free(b.zeros);
+        free(b.queries); free(b.query_scale); free(b.scores); free(b.probabilities); free(b.probability_scale);
+        FLUSH_DENORMALS_END
+    }
+    return failed ? -1 : 0;
+}
+
 /* ---- the span head, fused over tiles of spans ----------------------------------------- */
 
 /* A block-sparse matrix as one argument (fp32 or int8; see the header comment). */
