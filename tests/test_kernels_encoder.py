@@ -70,12 +70,14 @@ def test_packed_encoder_accepts_left_padding():
     assert (got[real] - expected[real]).abs().max() <= 1e-4
 
 
-def test_int8_encoder_stays_close_to_fp32():
-    model = bert(layers=3)
+@pytest.mark.parametrize("int8_attention", [False, True])
+def test_int8_encoder_stays_close_to_fp32(int8_attention):
+    model = bert(heads=2, layers=3)  # heads of 32: the C int8 attention's head size
     ids, mask = padded_batch([40, 22, 3], 40)
     with torch.no_grad():
         expected = model(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
-        got = PackedBertEncoder(model, default_kernels(), dtype="int8").forward(ids, mask).last_hidden_state[mask.bool()]
+        encoder = PackedBertEncoder(model, default_kernels(), dtype="int8", int8_attention=int8_attention)
+        got = encoder.forward(ids, mask).last_hidden_state[mask.bool()]
     assert (got - expected).norm() / expected.norm() < 0.05
 
 
@@ -95,7 +97,8 @@ def pipeline_outputs(nlp, words_batch):
     return probs, windows
 
 
-@pytest.mark.parametrize("backend,tolerance", [("ner-kernels", 1e-4), ("ner-kernels-int8", 0.1), ("torch-int8", 0.1)])
+@pytest.mark.parametrize("backend,tolerance", [("ner-kernels", 1e-4), ("ner-kernels-int8", 0.1), ("ner-kernels-int8-attention", 0.1),
+                                               ("torch-int8", 0.1)])
 def test_backend_keeps_windows_and_predictions(trained_pipeline, backend, tolerance):
     """A document longer than the 12-subword window goes through the same windows; the
     span probabilities stay within ``tolerance`` and the decoded spans are the same."""
