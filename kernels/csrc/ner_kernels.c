@@ -583,6 +583,28 @@ void nk_gelu(float *x, int64_t n) {
 
 /* ---- self-attention inside each packed sequence (fp32) -------------------------------- */
 
+/* exp(s[j] - max s) in place for j < length; returns their sum (the softmax's denominator). */
+static float softmax_numerators256(float *s, int32_t length) {
+    int32_t j = 0;
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    for (; j + 8 <= length; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
+    float smax = hmax256(vmax);
+    for (; j < length; j++) smax = fmaxf(smax, s[j]);
+    const __m256 m = _mm256_set1_ps(smax);
+    __m256 vsum = _mm256_setzero_ps();
+    for (j = 0; j + 8 <= length; j += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
+        _mm256_storeu_ps(s + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum256(vsum);
+    for (; j < length; j++) {
+        s[j] = expf(s[j] - smax);
+        sum += s[j];
+    }
+    return sum;
+}
+
 /* The head's values, contiguous: rows of qkv are 3 x hidden floats apart, a stride that
  * maps them onto a few cache sets, so reading them in place misses L1 on every pass. */
 static void pack_values(const float *qkv, int64_t ld, int32_t length, int32_t head_size, int64_t v_offset, float *values) {
@@ -628,27 +650,7 @@ static void attend_one(const float *qkv, int64_t ld, int32_t length, int32_t hea
             }
         }
         float inverse_sum[ATTENTION_ROWS];
-        for (int r = 0; r < rows; r++) {
-            float *s = scores + r * padded;
-            int32_t j = 0;
-            __m256 vmax = _mm256_set1_ps(-INFINITY);
-            for (; j + 8 <= length; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
-            float smax = hmax256(vmax);
-            for (; j < length; j++) smax = fmaxf(smax, s[j]);
-            const __m256 m = _mm256_set1_ps(smax);
-            __m256 vsum = _mm256_setzero_ps();
-            for (j = 0; j + 8 <= length; j += 8) {
-                const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
-                _mm256_storeu_ps(s + j, e);
-                vsum = _mm256_add_ps(vsum, e);
-            }
-            float sum = hsum256(vsum);
-            for (; j < length; j++) {
-                s[j] = expf(s[j] - smax);
-                sum += s[j];
-            }
-            inverse_sum[r] = 1.0f / sum;
-        }
+        for (int r = 0; r < rows; r++) inverse_sum[r] = 1.0f / softmax_numerators256(scores + r * padded, length);
         /* P.V, 16 dimensions (2 x 6 accumulators) at a time, then any 8 left over. */
         int32_t d = 0;
         for (; d + 16 <= head_size; d += 16) {
@@ -907,23 +909,8 @@ static void attend_one_i8(const float *qkv, int64_t ld, int32_t length, int32_t 
         for (int32_t r = 0; r < strip; r++) {
             float *s = b->scores + (int64_t)r * keys32;
             uint8_t *p = b->probabilities + (int64_t)r * keys4;
-            int32_t j = 0;
-            __m256 vmax = _mm256_set1_ps(-INFINITY);
-            for (; j + 8 <= length; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(s + j));
-            float smax = hmax256(vmax);
-            for (; j < length; j++) smax = fmaxf(smax, s[j]);
-            const __m256 m = _mm256_set1_ps(smax);
-            __m256 vsum = _mm256_setzero_ps();
-            for (j = 0; j + 8 <= length; j += 8) {
-                const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j), m));
-                _mm256_storeu_ps(s + j, e);
-                vsum = _mm256_add_ps(vsum, e);
-            }
-            float sum = hsum256(vsum);
-            for (; j < length; j++) {
-                s[j] = expf(s[j] - smax);
-                sum += s[j];
-            }
+            const float sum = softmax_numerators256(s, length);
+            int32_t j;
             const __m256 levels127 = _mm256_set1_ps(127.0f);
             for (j = 0; j + 8 <= length; j += 8) {
                 const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(s + j), levels127));
