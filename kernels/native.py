@@ -157,21 +157,21 @@ class NativeKernels(ReferenceKernels):
         return logits
 
     def attention(self, qkv, lengths, n_heads, out=None, int8=False):
+        """As ``ReferenceKernels.attention``; in C for head sizes that are a multiple of 8
+        (fp32) or of 32 (``int8``)."""
         hidden = qkv.shape[1] // 3
-        if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or (hidden // n_heads) % 8:
+        head_size = hidden // n_heads
+        if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or head_size % (32 if int8 else 8):
             return super().attention(qkv, lengths, n_heads, int8=int8)
         qkv = qkv.contiguous()
         starts = torch.zeros(len(lengths) + 1, dtype=torch.int64)
         starts[1:] = torch.as_tensor(lengths, dtype=torch.int64).cumsum(0)
         out = _fp32_output(out, (qkv.shape[0], hidden))
-        if int8 and (hidden // n_heads) % 32 == 0:
-            status = self.library.nk_attention_i8(qkv.data_ptr(), starts.data_ptr(), len(lengths), n_heads,
-                                                  hidden // n_heads, self.activation_levels, out.data_ptr())
-        elif int8:
-            return super().attention(qkv, lengths, n_heads, int8=True)
+        arguments = (qkv.data_ptr(), starts.data_ptr(), len(lengths), n_heads, head_size)
+        if int8:
+            status = self.library.nk_attention_i8(*arguments, self.activation_levels, out.data_ptr())
         else:
-            status = self.library.nk_attention(qkv.data_ptr(), starts.data_ptr(), len(lengths), n_heads,
-                                               hidden // n_heads, out.data_ptr())
+            status = self.library.nk_attention(*arguments, out.data_ptr())
         if status != 0:
             return super().attention(qkv, lengths, n_heads, int8=int8)
         return out
