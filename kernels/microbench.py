@@ -51,8 +51,9 @@ def measure(rows: int = 4096, repeats: int = 5, window: int = 256, heads: int = 
     lengths = [window] * max(1, rows // window)
     qkv = torch.randn(sum(lengths), 3 * hidden, generator=generator)
     macs = sum(2 * n * n * hidden for n in lengths)
-    results[f"attention, {window}-token windows, kernels fp32"] = macs / _best(
-        lambda: kernels.attention(qkv, lengths, heads), repeats) / 1e9
+    for int8 in (False, True):
+        results[f"attention, {window}-token windows, kernels {'int8' if int8 else 'fp32'}"] = macs / _best(
+            lambda: kernels.attention(qkv, lengths, heads, int8=int8), repeats) / 1e9
     q, k, v = (part.view(len(lengths), window, heads, hidden // heads).transpose(1, 2) for part in qkv.split(hidden, dim=1))
     results[f"attention, {window}-token windows, torch fp32 (sdpa)"] = macs / _best(
         lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), repeats) / 1e9
