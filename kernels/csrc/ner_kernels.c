@@ -782,52 +782,6 @@ static void attend_one512(const float *qkv, int64_t ld, int32_t length, int32_t 
 }
 #endif
 
-/* qkv: (n_tokens, 3 * n_heads * head_size), queries | keys | values; starts: n_seqs + 1
- * row offsets. head_size must be a multiple of 8, at most 256. Returns 0, or -1 when the
- * shapes are outside what this kernel handles (the caller then uses the reference). */
-int nk_attention(const float *qkv, const int64_t *starts, int32_t n_seqs, int32_t n_heads, int32_t head_size, float *out) {
-    if (head_size % 8 || head_size > 256) return -1;
-    const int64_t hidden = (int64_t)n_heads * head_size, ld = 3 * hidden;
-    int64_t longest = 0;
-    for (int32_t s = 0; s < n_seqs; s++) longest = starts[s + 1] - starts[s] > longest ? starts[s + 1] - starts[s] : longest;
-    const int64_t padded = (longest + 31) & ~31;
-    /* keys transposed, a tile's scores, values packed */
-    const int64_t buffer = head_size * padded + 16 * padded + head_size * padded;
-    int failed = 0;
-#pragma omp parallel
-    {
-        FLUSH_DENORMALS_BEGIN
-        float *kt = malloc(sizeof(float) * buffer);
-        if (!kt) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(dynamic, 1) collapse(2)
-        for (int32_t s = 0; s < n_seqs; s++) {
-            for (int32_t h = 0; h < n_heads; h++) {
-                const int64_t first = starts[s];
-                const int32_t length = (int32_t)(starts[s + 1] - first);
-                if (!kt || length == 0) continue;
-                const float *base = qkv + first * ld;
-                float *target = out + first * hidden + h * head_size;
-                const int64_t q_offset = h * head_size, k_offset = hidden + h * head_size, v_offset = 2 * hidden + h * head_size;
-#if NK_AVX512
-                if (head_size % 16 == 0) {
-                    attend_one512(base, ld, length, head_size, q_offset, k_offset, v_offset, target, hidden, kt,
-                                  kt + head_size * padded, kt + (head_size + 16) * padded);
-                    continue;
-                }
-#endif
-                attend_one(base, ld, length, head_size, q_offset, k_offset, v_offset, target, hidden, kt,
-                           kt + head_size * padded, kt + (head_size + 16) * padded);
-            }
-        }
-        free(kt);
-        FLUSH_DENORMALS_END
-    }
-    return failed ? -1 : 0;
-}
-
 /* ---- self-attention in int8: the linear layers' int8 tile for both products ----------- */
 
 #define ATTENTION_I8_STRIP 12 /* queries whose scores are held at once: a multiple of every int8 tile's rows */
@@ -931,33 +885,47 @@ static void attend_one_i8(const float *qkv, int64_t ld, int32_t length, int32_t 
     }
 }
 
-/* As nk_attention, in int8 (attend_one_i8); levels: the queries' activation levels.
- * head_size must be a multiple of 32, at most 256; returns -1 otherwise (or when memory runs out). */
-int nk_attention_i8(const float *qkv, const int64_t *starts, int32_t n_seqs, int32_t n_heads, int32_t head_size,
-                    int32_t levels, float *out) {
-    if (head_size % 32 || head_size > 256) return -1;
+static void attention_i8_buffers_free(attention_i8_buffers *b) {
+    free(b->keys); free(b->values_t); free(b->key_scale); free(b->key_offset); free(b->value_scale); free(b->zeros);
+    free(b->queries); free(b->query_scale); free(b->scores); free(b->probabilities); free(b->probability_scale);
+}
+
+/* Buffers for sequences of up to keys32 tokens (a multiple of 32, at least 32); 0 when memory runs out. */
+static int attention_i8_buffers_init(attention_i8_buffers *b, int32_t keys32, int32_t head_size) {
+    b->keys = malloc((size_t)keys32 * head_size);
+    b->values_t = malloc((size_t)keys32 * head_size);
+    b->key_scale = malloc(sizeof(float) * keys32);
+    b->key_offset = malloc(sizeof(int32_t) * keys32);
+    b->value_scale = malloc(sizeof(float) * 2 * head_size);
+    b->zeros = calloc((size_t)head_size, sizeof(int32_t));
+    b->queries = malloc((size_t)keys32 * head_size);
+    b->query_scale = malloc(sizeof(float) * keys32);
+    b->scores = malloc(sizeof(float) * ATTENTION_I8_STRIP * keys32);
+    b->probabilities = malloc((size_t)ATTENTION_I8_STRIP * keys32);
+    b->probability_scale = malloc(sizeof(float) * ATTENTION_I8_STRIP);
+    return b->keys && b->values_t && b->key_scale && b->key_offset && b->value_scale && b->zeros && b->queries &&
+           b->query_scale && b->scores && b->probabilities && b->probability_scale;
+}
+
+/* Every (sequence, head) of a packed batch, one task each: fp32 (int8_levels 0) or int8 with
+ * the queries on int8_levels. qkv: (n_tokens, 3 * n_heads * head_size), queries | keys |
+ * values; starts: n_seqs + 1 row offsets. */
+static int attention_all(const float *qkv, const int64_t *starts, int32_t n_seqs, int32_t n_heads, int32_t head_size,
+                         int32_t int8_levels, float *out) {
     const int64_t hidden = (int64_t)n_heads * head_size, ld = 3 * hidden;
     int64_t longest = 0;
     for (int32_t s = 0; s < n_seqs; s++) longest = starts[s + 1] - starts[s] > longest ? starts[s + 1] - starts[s] : longest;
-    const int32_t keys32 = (int32_t)((longest + 31) & ~31);
+    const int64_t padded = longest > 32 ? (longest + 31) & ~31 : 32;
+    /* fp32: keys transposed, a tile's scores, values packed */
+    const int64_t fp32_scratch = head_size * padded + 16 * padded + head_size * padded;
     int failed = 0;
 #pragma omp parallel
     {
         FLUSH_DENORMALS_BEGIN
-        attention_i8_buffers b;
-        b.keys = malloc((size_t)keys32 * head_size);
-        b.values_t = malloc((size_t)keys32 * head_size);
-        b.key_scale = malloc(sizeof(float) * keys32);
-        b.key_offset = malloc(sizeof(int32_t) * keys32);
-        b.value_scale = malloc(sizeof(float) * 2 * head_size);
-        b.zeros = calloc((size_t)head_size, sizeof(int32_t));
-        b.queries = malloc((size_t)(keys32 ? keys32 : 1) * head_size);
-        b.query_scale = malloc(sizeof(float) * (keys32 ? keys32 : 1));
-        b.scores = malloc(sizeof(float) * ATTENTION_I8_STRIP * (keys32 ? keys32 : 1));
-        b.probabilities = malloc((size_t)ATTENTION_I8_STRIP * (keys32 ? keys32 : 1));
-        b.probability_scale = malloc(sizeof(float) * ATTENTION_I8_STRIP);
-        const int ok = b.keys && b.values_t && b.key_scale && b.key_offset && b.value_scale && b.zeros && b.queries &&
-                       b.query_scale && b.scores && b.probabilities && b.probability_scale;
+        float *kt = NULL;
+        attention_i8_buffers b = {0};
+        const int ok = int8_levels ? attention_i8_buffers_init(&b, (int32_t)padded, head_size)
+                                   : (kt = malloc(sizeof(float) * fp32_scratch)) != NULL;
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
@@ -968,16 +936,43 @@ int nk_attention_i8(const float *qkv, const int64_t *starts, int32_t n_seqs, int
                 const int64_t first = starts[s];
                 const int32_t length = (int32_t)(starts[s + 1] - first);
                 if (!ok || length == 0) continue;
-                attend_one_i8(qkv + first * ld, ld, length, head_size, levels, h * head_size, hidden + h * head_size,
-                              2 * hidden + h * head_size, out + first * hidden + h * head_size, hidden,
-                              (length + 31) & ~31, (length + 3) & ~3, &b);
+                const float *base = qkv + first * ld;
+                float *target = out + first * hidden + h * head_size;
+                const int64_t q_offset = h * head_size, k_offset = hidden + h * head_size, v_offset = 2 * hidden + h * head_size;
+                if (int8_levels)
+                    attend_one_i8(base, ld, length, head_size, int8_levels, q_offset, k_offset, v_offset, target, hidden,
+                                  (length + 31) & ~31, (length + 3) & ~3, &b);
+#if NK_AVX512
+                else if (head_size % 16 == 0)
+                    attend_one512(base, ld, length, head_size, q_offset, k_offset, v_offset, target, hidden, kt,
+                                  kt + head_size * padded, kt + (head_size + 16) * padded);
+#endif
+                else
+                    attend_one(base, ld, length, head_size, q_offset, k_offset, v_offset, target, hidden, kt,
+                               kt + head_size * padded, kt + (head_size + 16) * padded);
             }
         }
-        free(b.keys); free(b.values_t); free(b.key_scale); free(b.key_offset); free(b.value_scale); free(b.zeros);
-        free(b.queries); free(b.query_scale); free(b.scores); free(b.probabilities); free(b.probability_scale);
+        free(kt);
+        attention_i8_buffers_free(&b);
         FLUSH_DENORMALS_END
     }
     return failed ? -1 : 0;
+}
+
+/* fp32 self-attention inside each packed sequence. head_size must be a multiple of 8, at most
+ * 256. Returns 0, or -1 when the shapes are outside what this kernel handles (the caller then
+ * uses the reference). */
+int nk_attention(const float *qkv, const int64_t *starts, int32_t n_seqs, int32_t n_heads, int32_t head_size, float *out) {
+    if (head_size % 8 || head_size > 256) return -1;
+    return attention_all(qkv, starts, n_seqs, n_heads, head_size, 0, out);
+}
+
+/* As nk_attention, in int8 (attend_one_i8); levels: the queries' activation levels.
+ * head_size must be a multiple of 32, at most 256; returns -1 otherwise (or when memory runs out). */
+int nk_attention_i8(const float *qkv, const int64_t *starts, int32_t n_seqs, int32_t n_heads, int32_t head_size,
+                    int32_t levels, float *out) {
+    if (head_size % 32 || head_size > 256 || levels <= 0) return -1;
+    return attention_all(qkv, starts, n_seqs, n_heads, head_size, levels, out);
 }
 
 /* ---- the span head, fused over tiles of spans ----------------------------------------- */
