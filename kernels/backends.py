@@ -15,6 +15,8 @@ arithmetic alone.
 | ``ner-kernels`` | ``PackedBertEncoder``: no work on padding, block-sparse fp32 linear layers (all-zero weight blocks skipped) | ``FusedSpanHead``, fp32 |
 | ``ner-kernels-int8`` | the same with int8 linear layers (layer norms, GELU, softmax, residuals in fp32) | ``FusedSpanHead``, int8 |
 | ``ner-kernels-int8-static`` | the same with static activation scales (``input_ranges=``, see ``static_int8``) | ``FusedSpanHead``, int8 (dynamic) |
+| ``ner-kernels-int8-attention`` | ``ner-kernels-int8`` with Q·Kᵀ and P·V on int8 operands too | ``FusedSpanHead``, int8 |
+| ``ner-kernels-int8-w7`` | ``ner-kernels-int8`` with weights on 63 levels (7 bits): on AVX2 without VNNI two products add in int16 before widening | ``FusedSpanHead``, int8, 7-bit weights |
 
 ONNX Runtime takes any head whose ``forward`` takes the word vectors alone; the kernels
 have a fused form of ``SpanHead`` only, and leave other heads to PyTorch.
@@ -68,7 +70,7 @@ def _onnxruntime_head(quantize: bool):
     return build
 
 
-def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: bool = False):
+def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: bool = False, weight_levels: int = 127):
     def build(transformer, *, block_k: int = 16, kernels=None, input_ranges=None, **_options):
         from ner.kernels.packed_encoder import PackedBertEncoder
 
@@ -76,19 +78,21 @@ def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: b
             raise ValueError("backend 'ner-kernels-int8-static' needs input_ranges=: calibrate them on the fp32 "
                              "model with ner.kernels.static_int8.calibrate_input_ranges(model, words)")
         return PackedBertEncoder(transformer, kernels or default_kernels(), dtype=dtype, block_k=block_k,
-                                 input_ranges=input_ranges if static else None, int8_attention=int8_attention)
+                                 input_ranges=input_ranges if static else None, int8_attention=int8_attention,
+                                 weight_levels=weight_levels)
 
     return build
 
 
-def _ner_kernels_head(dtype: str):
+def _ner_kernels_head(dtype: str, weight_levels: int = 127):
     def build(head, *, block_k: int = 16, kernels=None, **_options):
         from ner.kernels.span_head import FusedSpanHead
         from ner.span_model import SpanHead
 
         if type(head) is not SpanHead:
             return head
-        return FusedSpanHead(head, kernels or default_kernels(), dtype=dtype, block_k=block_k)
+        return FusedSpanHead(head, kernels or default_kernels(), dtype=dtype, block_k=block_k,
+                             weight_levels=weight_levels)
 
     return build
 
@@ -103,6 +107,7 @@ BACKENDS: dict[str, Backend] = {
     "ner-kernels-int8-static": Backend(_ner_kernels_transformer("int8", static=True), _ner_kernels_head("int8")),
     # int8 attention too (Q·Kᵀ and P·V; softmax fp32): measured, not yet chosen by a pipeline
     "ner-kernels-int8-attention": Backend(_ner_kernels_transformer("int8", int8_attention=True), _ner_kernels_head("int8")),
+    "ner-kernels-int8-w7": Backend(_ner_kernels_transformer("int8", weight_levels=63), _ner_kernels_head("int8", weight_levels=63)),
 }
 
 

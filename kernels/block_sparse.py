@@ -33,14 +33,19 @@ class BlockSparseWeight:
     scale: torch.Tensor | None = None  # int8: fp32 (n_out,), weight = integer * scale
     row_sum: torch.Tensor | None = None  # int8: int32 (n_out,), sum of each row's integers
     input_range: float | None = None  # static int8: the calibrated |input| bound (None: per-row dynamic scales)
+    levels: int = 127  # int8: the integers lie in [-levels, levels]; at 63 or less the AVX2 kernels pair products
     _dense: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *, block_k: int = 16,
-                   dtype: str = "fp32") -> "BlockSparseWeight":
-        """Pack a (n_out, n_in) matrix; all-zero blocks are dropped."""
+                   dtype: str = "fp32", levels: int = 127) -> "BlockSparseWeight":
+        """Pack a (n_out, n_in) matrix; all-zero blocks are dropped. int8: symmetric per
+        output row on ``levels`` steps each side of zero (127: 8 bits; 63: 7 bits, which the
+        AVX2 kernels without VNNI multiply faster)."""
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if not 0 < levels <= 127:
+            raise ValueError(f"int8 levels must be in 1..127, got {levels}")
         n_out, n_in = weight.shape
         if n_out % OUTPUTS_PER_BLOCK or block_k % 4 or n_in % block_k:
             raise ValueError(
@@ -50,8 +55,8 @@ class BlockSparseWeight:
         weight = weight.detach().float().cpu()
         scale = row_sum = None
         if dtype == "int8":
-            scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-            weight = torch.round(weight / scale[:, None]).clamp(-127, 127)
+            scale = weight.abs().amax(dim=1).clamp(min=1e-12) / float(levels)
+            weight = torch.round(weight / scale[:, None]).clamp(-levels, levels)
             row_sum = weight.sum(dim=1).to(torch.int32)
         blocks = weight.view(n_out // OUTPUTS_PER_BLOCK, OUTPUTS_PER_BLOCK, n_in // block_k, block_k)
         blocks = blocks.permute(0, 2, 3, 1)  # (block row, block column, k, output)
@@ -63,7 +68,7 @@ class BlockSparseWeight:
         if dtype == "int8":
             values = values.view(-1, block_k // 4, 4, OUTPUTS_PER_BLOCK).transpose(2, 3).to(torch.int8)
         return cls(n_out, n_in, block_k, dtype, row_ptr, col_block.contiguous(), values.contiguous(),
-                   None if bias is None else bias.detach().float().cpu().contiguous(), scale, row_sum)
+                   None if bias is None else bias.detach().float().cpu().contiguous(), scale, row_sum, levels=levels)
 
     @property
     def density(self) -> float:

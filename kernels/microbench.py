@@ -42,9 +42,9 @@ def measure(rows: int = 4096, repeats: int = 5, window: int = 256, heads: int = 
         weight = torch.randn(n_out, n_in, generator=generator) * 0.05
         bias = torch.zeros(n_out)
         macs = rows * n_in * n_out
-        for dtype in ("fp32", "int8"):
-            packed = BlockSparseWeight.from_dense(weight, bias, dtype=dtype)
-            results[f"linear {name} {n_in}->{n_out}, kernels {dtype}"] = macs / _best(lambda: kernels.linear(x, packed), repeats) / 1e9
+        for label, dtype, levels in (("fp32", "fp32", 127), ("int8", "int8", 127), ("int8 7-bit weights", "int8", 63)):
+            packed = BlockSparseWeight.from_dense(weight, bias, dtype=dtype, levels=levels)
+            results[f"linear {name} {n_in}->{n_out}, kernels {label}"] = macs / _best(lambda: kernels.linear(x, packed), repeats) / 1e9
         results[f"linear {name} {n_in}->{n_out}, torch fp32"] = macs / _best(
             lambda: torch.nn.functional.linear(x, weight, bias), repeats) / 1e9
     hidden = 384

@@ -44,7 +44,7 @@ class _Matrix(ctypes.Structure):
     """``nk_matrix`` in csrc/ner_kernels.c."""
 
     _fields_ = [("n_out", ctypes.c_int32), ("n_in", ctypes.c_int32), ("block_k", ctypes.c_int32),
-                ("is_int8", ctypes.c_int32), ("row_ptr", ctypes.c_void_p), ("col_block", ctypes.c_void_p),
+                ("is_int8", ctypes.c_int32), ("levels", ctypes.c_int32), ("row_ptr", ctypes.c_void_p), ("col_block", ctypes.c_void_p),
                 ("values", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("offset_sum", ctypes.c_void_p),
                 ("bias", ctypes.c_void_p)]
 
@@ -81,7 +81,7 @@ class NativeKernels(ReferenceKernels):
             return self.quantize(y, out=out) if quantize_output else y
         q = x if quantized_input else self.quantize(x, input_range=weight.input_range)
         offset_sum = self._offset_sum(weight)  # held here: C reads it through its address
-        int8_weight = (*common, weight.scale.data_ptr(), offset_sum.data_ptr(), _address(weight.bias))
+        int8_weight = (*common, weight.levels, weight.scale.data_ptr(), offset_sum.data_ptr(), _address(weight.bias))
         if quantize_output and residual is None and n_rows >= FUSED_QUANTIZE_MIN_ROWS:
             result = _quantized_output(out, (n_rows, weight.n_out), self.activation_levels)
             status = self.library.nk_linear_i8_quantized(
@@ -134,7 +134,7 @@ class NativeKernels(ReferenceKernels):
         is_int8 = weight.dtype == "int8"
         offset_sum = self._offset_sum(weight) if is_int8 else None
         keep.append(offset_sum)
-        return _Matrix(weight.n_out, weight.n_in, weight.block_k, int(is_int8), weight.row_ptr.data_ptr(),
+        return _Matrix(weight.n_out, weight.n_in, weight.block_k, int(is_int8), weight.levels, weight.row_ptr.data_ptr(),
                        weight.col_block.data_ptr(), weight.values.data_ptr(), _address(weight.scale),
                        _address(offset_sum), _address(weight.bias))
 

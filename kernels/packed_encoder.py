@@ -37,7 +37,8 @@ class PackedLayer:
 
 class PackedBertEncoder(nn.Module):
     def __init__(self, bert, kernels, *, dtype: str = "fp32", block_k: int = 16,
-                 input_ranges: dict[str, float] | None = None, int8_attention: bool = False):
+                 input_ranges: dict[str, float] | None = None, int8_attention: bool = False,
+                 weight_levels: int = 127):
         """``bert``: a ``transformers.BertModel`` (absolute positions, GELU); its weights are
         copied. ``kernels``: ``NativeKernels`` or ``ReferenceKernels``. ``dtype``: "fp32" or
         "int8" for the linear layers; embeddings, layer norms, GELU, softmax and residual
@@ -45,7 +46,9 @@ class PackedBertEncoder(nn.Module):
         activations on one scale fixed from these calibrated bounds, keyed by the
         ``BertModel`` module names (``ner.kernels.static_int8.calibrate_input_ranges``);
         without them, per-row dynamic scales. ``int8_attention``: Q·Kᵀ and P·V on int8
-        operands too (softmax in fp32; ``ReferenceKernels.attention``)."""
+        operands too (softmax in fp32; ``ReferenceKernels.attention``). ``weight_levels``
+        (int8 only): the steps each side of zero of the weights: 127 (8 bits) or 63 (7 bits,
+        which the AVX2 kernels without VNNI multiply faster; see csrc/ner_kernels.c)."""
         super().__init__()
         config = bert.config
         if getattr(config, "position_embedding_type", "absolute") != "absolute" or config.hidden_act != "gelu":
@@ -64,7 +67,8 @@ class PackedBertEncoder(nn.Module):
         self.embedding_norm = (embeddings.LayerNorm.weight.detach().clone(), embeddings.LayerNorm.bias.detach().clone())
 
         def pack(weight, bias):
-            return BlockSparseWeight.from_dense(weight.detach(), bias.detach(), block_k=block_k, dtype=dtype)
+            return BlockSparseWeight.from_dense(weight.detach(), bias.detach(), block_k=block_k, dtype=dtype,
+                                                levels=weight_levels)
 
         if input_ranges is not None and dtype != "int8":
             raise ValueError("input_ranges (static int8) need dtype='int8'")

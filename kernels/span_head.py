@@ -19,9 +19,9 @@ _CLASSIFIER_LAYOUT = (nn.GELU, nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Li
 
 
 class FusedSpanHead(nn.Module):
-    def __init__(self, head, kernels, *, dtype: str = "fp32", block_k: int = 16):
+    def __init__(self, head, kernels, *, dtype: str = "fp32", block_k: int = 16, weight_levels: int = 127):
         """``head``: a ``ner.span_model.SpanHead`` (weights copied); ``kernels``: ``NativeKernels``
-        or ``ReferenceKernels``."""
+        or ``ReferenceKernels``; ``weight_levels``: int8 weights' steps each side of zero (127 or 63)."""
         super().__init__()
         layers = tuple(type(layer) for layer in head.classify)
         if layers != _CLASSIFIER_LAYOUT or any(g.approximate != "none" for g in head.classify if isinstance(g, nn.GELU)):
@@ -36,16 +36,16 @@ class FusedSpanHead(nn.Module):
         self.width = nn.Parameter(head.width.weight.detach().clone(), requires_grad=False)
         ends_bias = torch.cat([head.start.bias.detach(), torch.zeros(self.hidden)])
         self.ends = BlockSparseWeight.from_dense(torch.cat([head.start.weight, head.end.weight]).detach(), ends_bias,
-                                                 block_k=block_k, dtype=dtype)
+                                                 block_k=block_k, dtype=dtype, levels=weight_levels)
         self.classify_in = BlockSparseWeight.from_dense(classify_in.weight.detach(), classify_in.bias.detach(),
-                                                        block_k=block_k, dtype=dtype)
+                                                        block_k=block_k, dtype=dtype, levels=weight_levels)
         # The kernels produce outputs in blocks of OUTPUTS_PER_BLOCK: the label rows are padded with zeros.
         padded = -(-self.n_labels // OUTPUTS_PER_BLOCK) * OUTPUTS_PER_BLOCK
         weight = torch.zeros(padded, classify_out.in_features)
         weight[: self.n_labels] = classify_out.weight.detach()
         bias = torch.zeros(padded)
         bias[: self.n_labels] = classify_out.bias.detach()
-        self.classify_out = BlockSparseWeight.from_dense(weight, bias, block_k=block_k, dtype=dtype)
+        self.classify_out = BlockSparseWeight.from_dense(weight, bias, block_k=block_k, dtype=dtype, levels=weight_levels)
 
     def forward(self, words: torch.Tensor) -> torch.Tensor:
         """(batch, n_words, input) → logits (batch, n_words, max_width, n_labels), as ``SpanHead``."""

@@ -98,6 +98,7 @@ def pipeline_outputs(nlp, words_batch):
 
 
 @pytest.mark.parametrize("backend,tolerance", [("ner-kernels", 1e-4), ("ner-kernels-int8", 0.1), ("ner-kernels-int8-attention", 0.1),
+                                               ("ner-kernels-int8-w7", 0.1),
                                                ("torch-int8", 0.1)])
 def test_backend_keeps_windows_and_predictions(trained_pipeline, backend, tolerance):
     """A document longer than the 12-subword window goes through the same windows; the

@@ -41,15 +41,17 @@ def random_block_sparse(n_out, n_in, block_k, density, seed=0):
     return weight * mask, torch.randn(n_out, generator=generator)
 
 
-SHAPES = [(1, 32, 32, 16, 1.0), (37, 64, 96, 16, 0.5), (50, 384, 128, 16, 0.2), (13, 128, 64, 32, 0.0)]
+# block_k 12: one group of 4 inputs left after the AVX2 int8 tile's pairs of groups
+SHAPES = [(1, 32, 32, 16, 1.0), (37, 64, 96, 16, 0.5), (50, 384, 128, 16, 0.2), (13, 128, 64, 32, 0.0),
+          (9, 48, 64, 12, 0.7)]
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+@pytest.mark.parametrize("dtype,levels", [("fp32", 127), ("int8", 127), ("int8", 63)])
 @pytest.mark.parametrize("epilogue", ["none", "gelu", "residual"])
 @pytest.mark.parametrize("rows,n_in,n_out,block_k,density", SHAPES)
-def test_linear_matches_reference(native, dtype, epilogue, rows, n_in, n_out, block_k, density):
+def test_linear_matches_reference(native, dtype, levels, epilogue, rows, n_in, n_out, block_k, density):
     weight, bias = random_block_sparse(n_out, n_in, block_k, density)
-    packed = BlockSparseWeight.from_dense(weight, bias, block_k=block_k, dtype=dtype)
+    packed = BlockSparseWeight.from_dense(weight, bias, block_k=block_k, dtype=dtype, levels=levels)
     x = torch.randn(rows, n_in) * 3
     residual = torch.randn(rows, n_out)
     got = native.linear(x, packed, epilogue=epilogue, residual=residual)
@@ -58,13 +60,28 @@ def test_linear_matches_reference(native, dtype, epilogue, rows, n_in, n_out, bl
     assert ((got - expected).abs() / scale).max() <= 2e-5
 
 
-def test_int8_linear_stays_close_to_fp32(native):
+@pytest.mark.parametrize("levels", [127, 63])
+def test_int8_linear_stays_close_to_fp32(native, levels):
     weight, bias = random_block_sparse(128, 256, 16, 1.0)
     x = torch.randn(64, 256)
     exact = x @ weight.T + bias
-    got = native.linear(x, BlockSparseWeight.from_dense(weight, bias, dtype="int8"))
-    # 7-bit activations (the AVX2 path without VNNI) give about 2x the error of 8-bit ones
-    assert (got - exact).norm() / exact.norm() < (0.02 if native.activation_levels == 63 else 0.01)
+    got = native.linear(x, BlockSparseWeight.from_dense(weight, bias, dtype="int8", levels=levels))
+    # 7-bit activations (the AVX2 path without VNNI) or weights give about 2x the error of 8-bit ones
+    assert (got - exact).norm() / exact.norm() < (0.02 if 63 in (native.activation_levels, levels) else 0.01)
+
+
+@pytest.mark.parametrize("levels", [127, 63])
+def test_int8_sums_do_not_overflow_at_the_extremes(native, levels):
+    """The AVX2 tiles add products in int16 (one vpmaddubsw pair, or two pairs for 7-bit
+    weights): with every weight and activation at its largest magnitude, of both signs, the
+    sums must still be exact."""
+    n_in = 256
+    weight = torch.ones(64, n_in)
+    weight[1::2] = -1.0  # rows of all +max and all -max weights
+    x = torch.ones(8, n_in)
+    x[1::2] = -1.0  # quantised to +levels / -levels (the unsigned 1 and 2 * levels + 1)
+    packed = BlockSparseWeight.from_dense(weight, torch.zeros(64), dtype="int8", levels=levels)
+    assert torch.allclose(native.linear(x, packed), x @ weight.T, rtol=1e-5, atol=0)
 
 
 def test_quantize_rows_is_bit_identical(native):
@@ -108,8 +125,8 @@ def test_layer_norm_matches_torch(native):
     assert (native.layer_norm(x.clone(), gamma, beta, 1e-12) - expected).abs().max() <= 1e-5
 
 
-@pytest.mark.parametrize("dtype,tolerance", [("fp32", 1e-5), ("int8", 0.03)])
-def test_fused_span_head_matches_span_head(native, dtype, tolerance):
+@pytest.mark.parametrize("dtype,levels,tolerance", [("fp32", 127, 1e-5), ("int8", 127, 0.03), ("int8", 63, 0.03)])
+def test_fused_span_head_matches_span_head(native, dtype, levels, tolerance):
     from ner.kernels.span_head import FusedSpanHead
 
     torch.manual_seed(0)
@@ -117,8 +134,8 @@ def test_fused_span_head_matches_span_head(native, dtype, tolerance):
     words = torch.randn(3, 9, 64)
     with torch.no_grad():
         expected = head(words)
-        fused = FusedSpanHead(head, native, dtype=dtype)(words)
-        reference = FusedSpanHead(head, ReferenceKernels(native.activation_levels), dtype=dtype)(words)
+        fused = FusedSpanHead(head, native, dtype=dtype, weight_levels=levels)(words)
+        reference = FusedSpanHead(head, ReferenceKernels(native.activation_levels), dtype=dtype, weight_levels=levels)(words)
     assert fused.shape == expected.shape == (3, 9, 4, 5)
     assert (fused - reference).abs().max() <= 1e-5  # same arithmetic
     assert (fused - expected).abs().max() <= tolerance * expected.abs().max()
@@ -151,16 +168,17 @@ def test_shapes_the_kernels_cannot_take_are_refused():
         BlockSparseWeight.from_dense(torch.randn(32, 32), dtype="int4")
 
 
+@pytest.mark.parametrize("levels", [127, 63])
 @pytest.mark.parametrize("rows", [5, 300])  # below and above the fused kernel's threshold
-def test_int8_layers_hand_quantised_rows_on(native, rows):
+def test_int8_layers_hand_quantised_rows_on(native, rows, levels):
     """An int8 layer can return its output quantised for the next int8 layer (fused in C
     for large batches): bit-identical to quantising the fp32 output afterwards."""
     from ner.kernels.reference import QuantizedRows
 
     first, bias = random_block_sparse(128, 64, 16, 0.7, seed=4)
     second, second_bias = random_block_sparse(64, 128, 16, 0.7, seed=5)
-    first = BlockSparseWeight.from_dense(first, bias, dtype="int8")
-    second = BlockSparseWeight.from_dense(second, second_bias, dtype="int8")
+    first = BlockSparseWeight.from_dense(first, bias, dtype="int8", levels=levels)
+    second = BlockSparseWeight.from_dense(second, second_bias, dtype="int8", levels=levels)
     x = torch.randn(rows, 64)
     hidden = native.linear(x, first, epilogue="gelu", quantize_output=True)
     assert isinstance(hidden, QuantizedRows)

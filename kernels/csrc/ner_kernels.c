@@ -19,7 +19,10 @@
  * quantised per row (token) at run time, symmetric, and stored as unsigned q + offset so
  * that the u8 x s8 instructions apply; the offset is removed with the weights' row sums.
  * Without VNNI the AVX2 path multiplies with vpmaddubsw, whose int16 pair sums saturate
- * above 32767: activations then use 63 levels (7 bits) so that 2 * 127 * 127 fits.
+ * above 32767: activations then use 63 levels (7 bits) so that 2 * 127 * 127 fits. The
+ * linear layers can go one step further: weights packed at 63 levels too (w_levels <= 63) let
+ * two vpmaddubsw results, 2 * 127 * 63 each, be added in int16 before one vpmaddwd widens
+ * them, so 64 multiply-adds cost three multiply-unit instructions instead of four.
  *
  * Layer norm, GELU, softmax and residual adds stay in fp32.
  */
@@ -90,6 +93,8 @@ int nk_capabilities(void) {
 
 /* Activation levels the int8 kernels expect (see the header comment). */
 int nk_activation_levels(void) { return NK_VNNI ? 127 : 63; }
+/* The int8 weight levels up to which the AVX2 tile sums pairs of products in int16 (the header). */
+#define PAIRED_WEIGHT_LEVELS 63
 
 /* ---- vector maths: exp and erf-GELU in fp32 ------------------------------------------- */
 
@@ -229,11 +234,13 @@ __attribute__((unused)) static void tile_f32_256(const float *x, int64_t ldx, in
     if (rows > 2) store_row256(v2, bias, residual ? residual + 2 * ldy : NULL, epilogue, y + 2 * ldy);
 }
 
-/* AVX2 int8: with VNNI 3 rows, as fp32; without, vpmaddubsw needs two more registers: 2 rows. */
-__attribute__((unused)) static void tile_i8_256(const uint8_t *x, int64_t ldx, int rows, int32_t block_k,
-                                                const int32_t *cols, int32_t n_blocks, const int8_t *values,
-                                                const float *x_scale, const float *w_scale, const int32_t *w_offset_sum,
-                                                const float *bias, const float *residual, int64_t ldy, int epilogue, float *y) {
+/* AVX2 int8: with VNNI 3 rows, as fp32; without, vpmaddubsw needs two more registers: 2 rows.
+ * paired (no VNNI): the weights hold at most 63 levels, and two groups of 4 inputs are summed
+ * in int16 before widening (the header); the caller guarantees the bound. */
+static inline __attribute__((always_inline)) void tile_i8_256_body(
+    const uint8_t *x, int64_t ldx, int rows, int32_t block_k, const int32_t *cols, int32_t n_blocks,
+    const int8_t *values, const float *x_scale, const float *w_scale, const int32_t *w_offset_sum, const float *bias,
+    const float *residual, int64_t ldy, int epilogue, float *y, const int paired) {
     const uint8_t *xr[I8_ROWS_256];
     for (int r = 0; r < I8_ROWS_256; r++) xr[r] = x + (int64_t)(r < rows ? r : rows - 1) * ldx;
     __m256i c[I8_ROWS_256][4];
@@ -245,7 +252,30 @@ __attribute__((unused)) static void tile_i8_256(const uint8_t *x, int64_t ldx, i
     for (int32_t b = 0; b < n_blocks; b++) {
         const int8_t *w = values + (int64_t)b * block_k * BO;
         const int64_t k0 = (int64_t)cols[b] * block_k;
-        for (int32_t k = 0; k < block_k; k += 4, w += 4 * BO) {
+        int32_t k = 0;
+#if !NK_VNNI
+        if (paired)
+            for (; k + 8 <= block_k; k += 8, w += 8 * BO) {
+                __m256i a[I8_ROWS_256], a2[I8_ROWS_256];
+                for (int r = 0; r < I8_ROWS_256; r++) {
+                    int32_t v[2];
+                    memcpy(v, xr[r] + k0 + k, 8);
+                    a[r] = _mm256_set1_epi32(v[0]);
+                    a2[r] = _mm256_set1_epi32(v[1]);
+                }
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++) {
+                    const __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + 32 * i));
+                    const __m256i w1 = _mm256_loadu_si256((const __m256i *)(w + 4 * BO + 32 * i));
+#pragma GCC unroll 3
+                    for (int r = 0; r < I8_ROWS_256; r++) {
+                        const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(a[r], w0), _mm256_maddubs_epi16(a2[r], w1));
+                        c[r][i] = _mm256_add_epi32(c[r][i], _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+#endif
+        for (; k < block_k; k += 4, w += 4 * BO) {
             __m256i a[I8_ROWS_256];
             for (int r = 0; r < I8_ROWS_256; r++) {
                 int32_t v;
@@ -276,6 +306,24 @@ __attribute__((unused)) static void tile_i8_256(const uint8_t *x, int64_t ldx, i
         }
         store_row256(v, bias, residual ? residual + r * ldy : NULL, epilogue, y + r * ldy);
     }
+}
+
+/* Any int8 weights (attention's keys and values, the linear layers at 127 levels) ... */
+__attribute__((unused)) static void tile_i8_256(const uint8_t *x, int64_t ldx, int rows, int32_t block_k,
+                                                const int32_t *cols, int32_t n_blocks, const int8_t *values,
+                                                const float *x_scale, const float *w_scale, const int32_t *w_offset_sum,
+                                                const float *bias, const float *residual, int64_t ldy, int epilogue, float *y) {
+    tile_i8_256_body(x, ldx, rows, block_k, cols, n_blocks, values, x_scale, w_scale, w_offset_sum, bias, residual, ldy,
+                     epilogue, y, 0);
+}
+
+/* ... and weights within PAIRED_WEIGHT_LEVELS, two groups of 4 inputs at a time. */
+__attribute__((unused)) static void tile_i8_256_pairs(const uint8_t *x, int64_t ldx, int rows, int32_t block_k,
+                                                      const int32_t *cols, int32_t n_blocks, const int8_t *values,
+                                                      const float *x_scale, const float *w_scale, const int32_t *w_offset_sum,
+                                                      const float *bias, const float *residual, int64_t ldy, int epilogue, float *y) {
+    tile_i8_256_body(x, ldx, rows, block_k, cols, n_blocks, values, x_scale, w_scale, w_offset_sum, bias, residual, ldy,
+                     epilogue, y, 1);
 }
 
 #if NK_AVX512
@@ -361,10 +409,17 @@ static void tile_i8_512(const uint8_t *x, int64_t ldx, int rows, int32_t block_k
 #if NK_AVX512_VNNI
 #define I8_TILE_ROWS ROWS_512
 #define tile_i8 tile_i8_512
+#define tile_i8_pairs tile_i8_512
 #else
 #define I8_TILE_ROWS I8_ROWS_256
 #define tile_i8 tile_i8_256
+#define tile_i8_pairs tile_i8_256_pairs
 #endif
+typedef void (*tile_i8_fn)(const uint8_t *, int64_t, int, int32_t, const int32_t *, int32_t, const int8_t *,
+                           const float *, const float *, const int32_t *, const float *, const float *, int64_t, int,
+                           float *);
+/* The int8 tile for weights of w_levels. */
+static tile_i8_fn tile_i8_for(int32_t w_levels) { return w_levels <= PAIRED_WEIGHT_LEVELS ? tile_i8_pairs : tile_i8; }
 
 /* ---- block-sparse linear layers: fp32, and int8 with per-row activation quantisation -- */
 
@@ -469,8 +524,9 @@ void nk_quantize_rows_static(const float *x, int64_t n_rows, int32_t n_in, int32
 
 /* w_offset_sum[n] = offset * sum_k w[n, k]: what the activations' offset adds to row n. */
 void nk_linear_i8(const uint8_t *x, const float *x_scale, int64_t n_rows, int32_t n_in, int32_t n_out, int32_t block_k,
-                  const int32_t *row_ptr, const int32_t *col_block, const int8_t *values, const float *w_scale,
+                  const int32_t *row_ptr, const int32_t *col_block, const int8_t *values, int32_t w_levels, const float *w_scale,
                   const int32_t *w_offset_sum, const float *bias, const float *residual, int32_t epilogue, float *y) {
+    const tile_i8_fn tile = tile_i8_for(w_levels);
     const int64_t n_chunks = (n_rows + MC - 1) / MC;
     const int32_t n_block_rows = n_out / BO;
 #pragma omp parallel
@@ -483,10 +539,10 @@ void nk_linear_i8(const uint8_t *x, const float *x_scale, int64_t n_rows, int32_
                 const int64_t end = (chunk + 1) * MC < n_rows ? (chunk + 1) * MC : n_rows;
                 for (int64_t m = chunk * MC; m < end; m += I8_TILE_ROWS) {
                     const int rows = (int)(end - m < I8_TILE_ROWS ? end - m : I8_TILE_ROWS);
-                    tile_i8(x + m * n_in, n_in, rows, block_k, col_block + first, n_blocks,
-                            values + (int64_t)first * block_k * BO, x_scale + m, w_scale + nb * BO,
-                            w_offset_sum + nb * BO, bias ? bias + nb * BO : NULL,
-                            residual ? residual + m * n_out + nb * BO : NULL, n_out, epilogue, y + m * n_out + nb * BO);
+                    tile(x + m * n_in, n_in, rows, block_k, col_block + first, n_blocks,
+                         values + (int64_t)first * block_k * BO, x_scale + m, w_scale + nb * BO,
+                         w_offset_sum + nb * BO, bias ? bias + nb * BO : NULL,
+                         residual ? residual + m * n_out + nb * BO : NULL, n_out, epilogue, y + m * n_out + nb * BO);
                 }
             }
         }
@@ -500,8 +556,9 @@ void nk_linear_i8(const uint8_t *x, const float *x_scale, int64_t n_rows, int32_
  * cache is 1 byte per output instead of 4, and the next layer reads no fp32 at all. */
 int nk_linear_i8_quantized(const uint8_t *x, const float *x_scale, int64_t n_rows, int32_t n_in, int32_t n_out,
                            int32_t block_k, const int32_t *row_ptr, const int32_t *col_block, const int8_t *values,
-                           const float *w_scale, const int32_t *w_offset_sum, const float *bias, int32_t epilogue,
+                           int32_t w_levels, const float *w_scale, const int32_t *w_offset_sum, const float *bias, int32_t epilogue,
                            int32_t levels, uint8_t *y, float *y_scale) {
+    const tile_i8_fn tile = tile_i8_for(w_levels);
     const int64_t n_chunks = (n_rows + MC - 1) / MC;
     const int32_t n_block_rows = n_out / BO;
     int failed = 0;
@@ -522,7 +579,7 @@ int nk_linear_i8_quantized(const uint8_t *x, const float *x_scale, int64_t n_row
                 const int32_t first = row_ptr[nb], n_blocks = row_ptr[nb + 1] - first;
                 for (int m = 0; m < rows_in_chunk; m += I8_TILE_ROWS) {
                     const int rows = rows_in_chunk - m < I8_TILE_ROWS ? rows_in_chunk - m : I8_TILE_ROWS;
-                    tile_i8(x + (first_row + m) * n_in, n_in, rows, block_k, col_block + first, n_blocks,
+                    tile(x + (first_row + m) * n_in, n_in, rows, block_k, col_block + first, n_blocks,
                             values + (int64_t)first * block_k * BO, x_scale + first_row + m, w_scale + nb * BO,
                             w_offset_sum + nb * BO, bias ? bias + nb * BO : NULL, NULL, n_out, epilogue,
                             rows_buffer + (int64_t)m * n_out + nb * BO);
@@ -979,7 +1036,7 @@ int nk_attention_i8(const float *qkv, const int64_t *starts, int32_t n_seqs, int
 
 /* A block-sparse matrix as one argument (fp32 or int8; see the header comment). */
 typedef struct {
-    int32_t n_out, n_in, block_k, is_int8;
+    int32_t n_out, n_in, block_k, is_int8, levels; /* levels: int8 weights' (tile_i8_for) */
     const int32_t *row_ptr, *col_block;
     const void *values;
     const float *scale;          /* int8: per output row */
@@ -999,7 +1056,7 @@ static void tile_matrix(const nk_matrix *w, const float *xf, const uint8_t *xq, 
             const int tile_rows = rows - m < step ? rows - m : step;
             float *out = y + (int64_t)m * w->n_out + nb * BO;
             if (w->is_int8)
-                tile_i8(xq + (int64_t)m * w->n_in, w->n_in, tile_rows, w->block_k, w->col_block + first, n_blocks,
+                tile_i8_for(w->levels)(xq + (int64_t)m * w->n_in, w->n_in, tile_rows, w->block_k, w->col_block + first, n_blocks,
                         (const int8_t *)w->values + (int64_t)first * w->block_k * BO, xs + m, w->scale + nb * BO,
                         w->offset_sum + nb * BO, bias, NULL, w->n_out, epilogue, out);
             else
