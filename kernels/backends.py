@@ -71,7 +71,7 @@ def _onnxruntime_head(quantize: bool):
 
 
 def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: bool = False, weight_levels: int = 127):
-    def build(transformer, *, block_k: int = 16, kernels=None, input_ranges=None, **_options):
+    def build(transformer, *, block_k: int | None = None, kernels=None, input_ranges=None, **_options):
         from ner.kernels.packed_encoder import PackedBertEncoder
 
         if static and input_ranges is None:
@@ -85,7 +85,7 @@ def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: b
 
 
 def _ner_kernels_head(dtype: str, weight_levels: int = 127):
-    def build(head, *, block_k: int = 16, kernels=None, **_options):
+    def build(head, *, block_k: int | None = None, kernels=None, **_options):
         from ner.kernels.span_head import FusedSpanHead
         from ner.span_model import SpanHead
 

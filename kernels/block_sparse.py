@@ -18,6 +18,20 @@ import torch
 
 OUTPUTS_PER_BLOCK = 32
 DTYPES = ("fp32", "int8")
+SPARSE_BLOCK_K = 16  # the pruning granularity (ner.kernels.pruning)
+DENSE_BLOCK_K = 64  # a dense matrix in wider blocks: fewer block starts, longer runs of multiply-adds
+
+
+def dense_block_k(weight: torch.Tensor) -> int:
+    """The block width for ``weight``: ``DENSE_BLOCK_K`` when no 32x16 block is all zero
+    (nothing to skip, so wider blocks cost less per block) and it divides the inputs, else
+    ``SPARSE_BLOCK_K``, so that every pruned block is still skipped."""
+    n_out, n_in = weight.shape
+    if n_out % OUTPUTS_PER_BLOCK or n_in % DENSE_BLOCK_K:
+        return SPARSE_BLOCK_K
+    blocks = weight.detach().view(n_out // OUTPUTS_PER_BLOCK, OUTPUTS_PER_BLOCK, n_in // SPARSE_BLOCK_K, SPARSE_BLOCK_K)
+    has_zero_block = bool(blocks.ne(0).any(dim=3).any(dim=1).logical_not().any())
+    return SPARSE_BLOCK_K if has_zero_block else DENSE_BLOCK_K
 
 
 @dataclass
@@ -37,9 +51,10 @@ class BlockSparseWeight:
     _dense: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *, block_k: int = 16,
+    def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None, *, block_k: int | None = None,
                    dtype: str = "fp32", levels: int = 127) -> "BlockSparseWeight":
-        """Pack a (n_out, n_in) matrix; all-zero blocks are dropped. int8: symmetric per
+        """Pack a (n_out, n_in) matrix; all-zero blocks are dropped. ``block_k``: the block
+        width in inputs (None: ``dense_block_k(weight)``). int8: symmetric per
         output row on ``levels`` steps each side of zero (127: 8 bits; 63: 7 bits, which the
         AVX2 kernels without VNNI multiply faster)."""
         if dtype not in DTYPES:
@@ -47,6 +62,8 @@ class BlockSparseWeight:
         if not 0 < levels <= 127:
             raise ValueError(f"int8 levels must be in 1..127, got {levels}")
         n_out, n_in = weight.shape
+        if block_k is None:
+            block_k = dense_block_k(weight)
         if n_out % OUTPUTS_PER_BLOCK or block_k % 4 or n_in % block_k:
             raise ValueError(
                 f"a {n_out}x{n_in} matrix does not split into blocks of {OUTPUTS_PER_BLOCK}x{block_k} "

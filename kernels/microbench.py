@@ -1,6 +1,7 @@
 """Kernel-level speed, apart from any pipeline: the linear layers and attention of a
 BERT-small-sized layer (hidden 384, FFN 1536, 12 heads, 256-token windows) on the C kernels
-and on PyTorch, in one process, each the best of several repeats.
+and on PyTorch, in one process, each the best of several repeats. The kernels' linear layers
+are timed in both block widths: 16 inputs (the pruning granularity) and 64 (dense matrices).
 
     python -m ner.kernels.microbench [--rows 4096] [--repeats 5] [--threads 1]
 
@@ -14,7 +15,7 @@ import time
 
 import torch
 
-from ner.kernels.block_sparse import BlockSparseWeight
+from ner.kernels.block_sparse import DENSE_BLOCK_K, SPARSE_BLOCK_K, BlockSparseWeight
 from ner.kernels.native import native_kernels
 
 SHAPES = {"qkv": (384, 1152), "attention output": (384, 384), "intermediate": (384, 1536), "output": (1536, 384)}
@@ -43,8 +44,10 @@ def measure(rows: int = 4096, repeats: int = 5, window: int = 256, heads: int = 
         bias = torch.zeros(n_out)
         macs = rows * n_in * n_out
         for label, dtype, levels in (("fp32", "fp32", 127), ("int8", "int8", 127), ("int8 7-bit weights", "int8", 63)):
-            packed = BlockSparseWeight.from_dense(weight, bias, dtype=dtype, levels=levels)
-            results[f"linear {name} {n_in}->{n_out}, kernels {label}"] = macs / _best(lambda: kernels.linear(x, packed), repeats) / 1e9
+            for block_k in (SPARSE_BLOCK_K, DENSE_BLOCK_K):
+                packed = BlockSparseWeight.from_dense(weight, bias, dtype=dtype, levels=levels, block_k=block_k)
+                results[f"linear {name} {n_in}->{n_out}, kernels {label}, {block_k}-wide blocks"] = macs / _best(
+                    lambda: kernels.linear(x, packed), repeats) / 1e9
         results[f"linear {name} {n_in}->{n_out}, torch fp32"] = macs / _best(
             lambda: torch.nn.functional.linear(x, weight, bias), repeats) / 1e9
     hidden = 384

@@ -36,7 +36,7 @@ class PackedLayer:
 
 
 class PackedBertEncoder(nn.Module):
-    def __init__(self, bert, kernels, *, dtype: str = "fp32", block_k: int = 16,
+    def __init__(self, bert, kernels, *, dtype: str = "fp32", block_k: int | None = None,
                  input_ranges: dict[str, float] | None = None, int8_attention: bool = False,
                  weight_levels: int = 127):
         """``bert``: a ``transformers.BertModel`` (absolute positions, GELU); its weights are

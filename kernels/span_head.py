@@ -19,7 +19,7 @@ _CLASSIFIER_LAYOUT = (nn.GELU, nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Li
 
 
 class FusedSpanHead(nn.Module):
-    def __init__(self, head, kernels, *, dtype: str = "fp32", block_k: int = 16, weight_levels: int = 127):
+    def __init__(self, head, kernels, *, dtype: str = "fp32", block_k: int | None = None, weight_levels: int = 127):
         """``head``: a ``ner.span_model.SpanHead`` (weights copied); ``kernels``: ``NativeKernels``
         or ``ReferenceKernels``; ``weight_levels``: int8 weights' steps each side of zero (127 or 63)."""
         super().__init__()

@@ -39,7 +39,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N documents/sentences only")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each candidate keeps its best")
     parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                        help="comma-separated ner.kernels backends (see ner.kernels.BACKENDS)")
+                        help="comma-separated ner.kernels backends (see ner.kernels.BACKENDS); a ner-kernels "
+                             "backend may fix its block width: ner-kernels-int8:block_k=16")
     parser.add_argument("--peers", action="store_true", help="also run spaCy en_core_web_sm, NER only")
     parser.add_argument("--block-sparsity", type=float, default=0.0,
                         help="first zero this fraction of every encoder weight matrix's blocks by magnitude "
@@ -69,7 +70,7 @@ def run(args) -> int:
         return 2
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     calibration = None
-    if "ner-kernels-int8-static" in backends:
+    if any(parse_backend(name)[0] == "ner-kernels-int8-static" for name in backends):
         if not args.calibrate:
             print("ner bench: the ner-kernels-int8-static backend needs --calibrate DATA (text other than --data)",
                   file=sys.stderr)
@@ -172,13 +173,14 @@ def pipeline_candidate(pipeline: str, backend: str, *, data: str, batch_size: in
         nlp = ner.load(pipeline, backend="torch")
         component = span_component(nlp)
     note = ""
+    name = backend
     if block_sparsity:
         from ner.kernels.pruning import prune_blocks
 
         encoder = component.model.encoder
         encoder.transformer = prune_blocks(encoder.transformer, block_sparsity)
         note = f"encoder blocks pruned {100 * block_sparsity:.0f}%"
-    options = {}
+    backend, options = parse_backend(backend)
     if backend == "ner-kernels-int8-static":
         from ner.kernels.static_int8 import calibrate_input_ranges
 
@@ -186,7 +188,20 @@ def pipeline_candidate(pipeline: str, backend: str, *, data: str, batch_size: in
         note = ", ".join(filter(None, [note, f"scales: p{percentile:g} of {len(calibration or [])} sentences"]))
     apply_backend(component.model, backend, threads=threads, **options)
     labels = _dataset_labels(component, data)
-    return Candidate(backend, lambda docs: predict_docs(nlp, docs, batch_size, labels), nlp.vocab, note=note)
+    return Candidate(name, lambda docs: predict_docs(nlp, docs, batch_size, labels), nlp.vocab, note=note)
+
+
+def parse_backend(spec: str) -> tuple[str, dict]:
+    """``"ner-kernels-int8:block_k=16"`` -> ``("ner-kernels-int8", {"block_k": 16})``: a
+    backend name and integer options for it."""
+    name, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(":")):
+        key, equals, value = item.partition("=")
+        if key != "block_k" or not equals or not value.isdigit():
+            raise ValueError(f"backend option {item!r} in {spec!r}: the one option is block_k=N")
+        options[key] = int(value)
+    return name, options
 
 
 def _dataset_labels(component, data: str):

@@ -60,6 +60,21 @@ def test_bench_prunes_every_backend_alike(pipeline_dir, conll_file, tmp_path):
     assert "pruned 50%" in torch_result["note"] and kernels_result["f1"] == torch_result["f1"]
 
 
+def test_bench_fixes_a_kernels_block_width_per_candidate(pipeline_dir, conll_file, tmp_path):
+    from ner.benchmark import parse_backend
+
+    out = tmp_path / "bench.json"
+    backends = "ner-kernels-int8:block_k=16,ner-kernels-int8"
+    assert main(["bench", str(pipeline_dir), "--data", str(conll_file), "--rounds", "1", "--threads", "1",
+                 "--backends", backends, "--json", str(out)]) == 0
+    narrow, default = json.loads(out.read_text())["results"]
+    assert narrow["name"] == "ner-kernels-int8:block_k=16" and default["name"] == "ner-kernels-int8"
+    assert narrow["f1"] == default["f1"]  # the same integers summed in another order
+    assert parse_backend("ner-kernels:block_k=64") == ("ner-kernels", {"block_k": 64})
+    with pytest.raises(ValueError, match="block_k=N"):
+        parse_backend("ner-kernels-int8:threads=2")
+
+
 def test_export_onnx_graphs_match_pytorch(pipeline_dir, tmp_path):
     import onnxruntime
 
@@ -124,6 +139,8 @@ def test_kernel_microbench_measures_every_operation_on_both_implementations():
     if load_library() is None:
         pytest.skip("the C kernels cannot be built here")
     results = measure(rows=64, repeats=1, window=32)
-    assert len(results) == 4 * len(SHAPES) + 3  # fp32, int8, int8 7-bit weights, torch; 3 attentions
+    # fp32, int8, int8 7-bit weights in two block widths each, torch; 3 attentions
+    assert len(results) == 7 * len(SHAPES) + 3
     assert all(value > 0 for value in results.values())
-    assert sum("kernels int8" in name for name in results) == 2 * len(SHAPES) + 1
+    assert sum("kernels int8" in name for name in results) == 4 * len(SHAPES) + 1
+    assert sum("64-wide blocks" in name for name in results) == 3 * len(SHAPES)

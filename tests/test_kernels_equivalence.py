@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from ner.kernels.block_sparse import OUTPUTS_PER_BLOCK, BlockSparseWeight
+from ner.kernels.block_sparse import (DENSE_BLOCK_K, OUTPUTS_PER_BLOCK, SPARSE_BLOCK_K, BlockSparseWeight,
+                                      dense_block_k)
 from ner.kernels.build import load_library
 from ner.kernels.native import NativeKernels
 from ner.kernels.reference import ReferenceKernels, quantize_rows
@@ -41,9 +42,9 @@ def random_block_sparse(n_out, n_in, block_k, density, seed=0):
     return weight * mask, torch.randn(n_out, generator=generator)
 
 
-# block_k 12: one group of 4 inputs left after the AVX2 int8 tile's pairs of groups
+# block_k 12: one group of 4 inputs left after the AVX2 int8 tile's pairs of groups; 64: the dense width
 SHAPES = [(1, 32, 32, 16, 1.0), (37, 64, 96, 16, 0.5), (50, 384, 128, 16, 0.2), (13, 128, 64, 32, 0.0),
-          (9, 48, 64, 12, 0.7)]
+          (9, 48, 64, 12, 0.7), (21, 192, 64, 64, 1.0), (6, 256, 96, 64, 0.6)]
 
 
 @pytest.mark.parametrize("dtype,levels", [("fp32", 127), ("int8", 127), ("int8", 63)])
@@ -148,6 +149,17 @@ def test_block_sparse_weight_round_trips_and_skips_zero_blocks():
     kept_blocks = weight.view(3, 32, 4, 16).abs().sum(dim=(1, 3)).gt(0).sum().item()
     assert packed.col_block.numel() == kept_blocks
     assert packed.density == pytest.approx(kept_blocks / 12)
+
+
+def test_dense_matrices_pack_in_wide_blocks_and_pruned_ones_keep_the_pruning_width():
+    dense = torch.randn(64, 128)
+    assert dense_block_k(dense) == DENSE_BLOCK_K == BlockSparseWeight.from_dense(dense).block_k
+    pruned, _ = random_block_sparse(64, 128, SPARSE_BLOCK_K, 0.5, seed=1)
+    packed = BlockSparseWeight.from_dense(pruned)
+    assert packed.block_k == SPARSE_BLOCK_K and packed.density < 1.0  # every pruned block still skipped
+    assert torch.equal(packed.dense(), pruned)
+    assert dense_block_k(torch.randn(64, 96)) == SPARSE_BLOCK_K  # 96 inputs do not split into 64
+    assert BlockSparseWeight.from_dense(dense, block_k=16).block_k == 16  # an explicit width wins
 
 
 def test_int8_packing_reproduces_per_row_storage_exactly():
