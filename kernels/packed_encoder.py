@@ -108,8 +108,15 @@ class PackedBertEncoder(nn.Module):
         weights = [w for layer in self.layers for w in (layer.qkv, layer.attention_output, layer.intermediate, layer.output)]
         return sum(w.density * w.n_out * w.n_in for w in weights) / sum(w.n_out * w.n_in for w in weights)
 
+    # WordEncoder passes ``output_mask`` to transformers that declare they take it.
+    takes_output_mask = True
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, **_ignored) -> PackedOutput:
+                token_type_ids: torch.Tensor | None = None, output_mask: torch.Tensor | None = None,
+                **_ignored) -> PackedOutput:
+        """``output_mask`` (bool, like ``input_ids``): the positions whose output is wanted;
+        the last layer's attention output, feed-forward and norms run on those tokens only
+        (every token is still attended to), and the other positions come back as zeros."""
         n_rows, width = input_ids.shape
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         lengths = mask.sum(1)
@@ -121,18 +128,24 @@ class PackedBertEncoder(nn.Module):
              + self.token_type_embeddings[types])
         x = self.kernels.layer_norm(x.contiguous(), *self.embedding_norm, self.eps)
         kept = [int(n) for n in lengths.tolist() if n > 0]
-        for layer in self.layers:
-            x = self._layer(layer, x, kept)
+        wanted = None if output_mask is None else output_mask.flatten()[flat].nonzero().squeeze(1)
+        for index, layer in enumerate(self.layers):
+            x = self._layer(layer, x, kept, wanted if index == len(self.layers) - 1 else None)
         out = x.new_zeros(n_rows * width, x.shape[1])
-        out[flat] = x
+        out[flat if wanted is None else flat[wanted]] = x
         return PackedOutput(out.view(n_rows, width, -1))
 
-    def _layer(self, layer: PackedLayer, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def _layer(self, layer: PackedLayer, x: torch.Tensor, lengths: list[int],
+               wanted: torch.Tensor | None = None) -> torch.Tensor:
+        """One layer over the packed tokens ``x``; with ``wanted`` (packed indices), the
+        output of those tokens only."""
         kernels, n = self.kernels, x.shape[0]
         take = self._buffer if x.device.type == "cpu" else (lambda *_args: None)
         qkv = kernels.linear(x, layer.qkv, out=take("qkv", (n, layer.qkv.n_out)))
         context = kernels.attention(qkv, lengths, layer.n_heads, out=take("context", (n, layer.attention_output.n_in)),
                                     int8=self.int8_attention)
+        if wanted is not None:  # every token was a key and a value; only these go on
+            context, x, n = context[wanted], x[wanted], wanted.numel()
         attended = kernels.linear(context, layer.attention_output, epilogue="residual", residual=x,
                                   out=take("attended", (n, x.shape[1])))
         x = kernels.layer_norm(attended, *layer.attention_norm, self.eps)

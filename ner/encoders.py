@@ -102,20 +102,27 @@ class WordEncoder(nn.Module):
             plans.append((ids, first, windows, len(rows)))
             for window in windows:
                 rows.append(specials[0] + ids[window.start : window.end] + specials[1])
-        outputs = self._encode_rows(rows, device, max_windows_per_pass)
+        # Each word's vector is its first piece's, from the window that owns that position.
         offset = len(specials[0])
-        max_words = max((len(words) for words in batch), default=0)
-        vectors = outputs.new_zeros(len(batch), max(max_words, 1), outputs.shape[-1])
-        mask = torch.zeros(len(batch), max(max_words, 1), dtype=torch.bool, device=device)
-        for b, (ids, first, windows, row0) in enumerate(plans):
+        places = []
+        for ids, first, windows, row0 in plans:
             if not first:
+                places.append(None)
                 continue
             owner, position = assign_positions(len(ids), windows)
             first = torch.as_tensor(first, dtype=torch.long)
-            row = torch.as_tensor(owner[first.numpy()], dtype=torch.long) + row0
-            column = torch.as_tensor(position[first.numpy()], dtype=torch.long) + offset
-            vectors[b, : len(first)] = outputs[row.to(device), column.to(device)]
-            mask[b, : len(first)] = True
+            places.append((torch.as_tensor(owner[first.numpy()], dtype=torch.long) + row0,
+                           torch.as_tensor(position[first.numpy()], dtype=torch.long) + offset))
+        outputs = self._encode_rows(rows, device, max_windows_per_pass, places)
+        max_words = max((len(words) for words in batch), default=0)
+        vectors = outputs.new_zeros(len(batch), max(max_words, 1), outputs.shape[-1])
+        mask = torch.zeros(len(batch), max(max_words, 1), dtype=torch.bool, device=device)
+        for b, place in enumerate(places):
+            if place is None:
+                continue
+            row, column = place
+            vectors[b, : len(row)] = outputs[row.to(device), column.to(device)]
+            mask[b, : len(row)] = True
         return EncodedWords(vectors, mask, [len(p[2]) for p in plans])
 
     def _special_ids(self) -> tuple[list[int], list[int]]:
@@ -128,7 +135,10 @@ class WordEncoder(nn.Module):
                 self._specials = ([], empty)
         return self._specials
 
-    def _encode_rows(self, rows, device, max_rows):
+    def _encode_rows(self, rows, device, max_rows, places=()):
+        """The transformer's output for every row (window) of piece ids; a transformer that
+        takes an ``output_mask`` computes only ``places`` (per document, None or (rows,
+        columns) tensors) in full, the others may come back as zeros."""
         pad = self.tokenizer.pad_token_id or 0
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -136,11 +146,17 @@ class WordEncoder(nn.Module):
         for i, row in enumerate(rows):
             ids[i, : len(row)] = torch.as_tensor(row)
             attention[i, : len(row)] = 1
+        wanted = None
+        if places and getattr(self.transformer, "takes_output_mask", False):
+            wanted = torch.zeros((len(rows), width), dtype=torch.bool)
+            for place in filter(None, places):
+                wanted[place] = True
         chunks = []
         for start in range(0, len(rows), max_rows):
             part = slice(start, start + max_rows)
+            extra = {} if wanted is None else {"output_mask": wanted[part].to(device)}
             out = self.transformer(
-                input_ids=ids[part].to(device), attention_mask=attention[part].to(device)
+                input_ids=ids[part].to(device), attention_mask=attention[part].to(device), **extra
             )
             chunks.append(out.last_hidden_state)
         return torch.cat(chunks)

@@ -70,6 +70,43 @@ def test_packed_encoder_accepts_left_padding():
     assert (got[real] - expected[real]).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("kernels", kernel_sets(), ids=lambda k: k.name)
+def test_output_mask_computes_the_wanted_positions_alone(kernels):
+    model = bert(layers=3)
+    ids, mask = padded_batch([30, 4, 17], 30)
+    wanted = torch.zeros_like(mask, dtype=torch.bool)
+    wanted[0, [1, 5, 29]] = wanted[2, 16] = True
+    wanted[1, 10] = True  # padding: never computed, even when asked for
+    encoder = PackedBertEncoder(model, kernels, dtype="int8")
+    with torch.no_grad():
+        full = encoder.forward(ids, mask).last_hidden_state
+        got = encoder.forward(ids, mask, output_mask=wanted).last_hidden_state
+    chosen = wanted & mask.bool()
+    assert torch.equal(got[chosen], full[chosen])  # per-token arithmetic: bit for bit
+    assert got[~chosen].abs().max() == 0 and full[mask.bool() & ~chosen].abs().min() > 0
+
+
+def test_word_encoder_asks_for_first_pieces_only_and_gets_the_same_vectors(trained_pipeline):
+    contract, nlp = trained_pipeline
+    import copy
+
+    switched = copy.deepcopy(nlp)
+    apply_backend(switched.get_pipe("ner").model, "ner-kernels-int8")
+    encoder = switched.get_pipe("ner").model.encoder
+    words_batch = [ws for ws, _ in contract.examples] + [("the a of and " * 8).split() + contract.examples[0][0]]
+    seen = []
+    forward = encoder.transformer.forward
+    encoder.transformer.forward = lambda *a, **k: seen.append(k.get("output_mask")) or forward(*a, **k)
+    with torch.no_grad():
+        masked = encoder(words_batch)
+        encoder.transformer.takes_output_mask = False
+        plain = encoder(words_batch)
+    assert seen[0] is not None and seen[-1] is None
+    asked, real = int(seen[0].sum()), sum(len(words) for words in words_batch)
+    assert asked == real  # one position per word: its first piece, in the window that owns it
+    assert torch.equal(masked.vectors, plain.vectors) and torch.equal(masked.mask, plain.mask)
+
+
 @pytest.mark.parametrize("int8_attention", [False, True])
 def test_int8_encoder_stays_close_to_fp32(int8_attention):
     model = bert(heads=2, layers=3)  # heads of 32: the C int8 attention's head size
