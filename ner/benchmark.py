@@ -211,8 +211,10 @@ def _dataset_labels(component, data: str):
     if ":" not in data or Path(data).exists():
         return None
     from ner.datasets import dataset_info
+    from ner.decoding import dataset_labels
 
-    labels = list(dataset_info(data.split(":")[0])["labels"])
+    dataset = data.split(":")[0]
+    labels = dataset_labels(list(dataset_info(dataset)["labels"]), dataset, component.labels)
     return labels if set(labels) <= set(component.labels) else None
 
 

@@ -233,12 +233,14 @@ def _evaluation_labels(nlp, source, args, label_map=None):
         return None
     from ner.components import SpanNER
     from ner.datasets import dataset_info
+    from ner.decoding import dataset_labels
     from ner.zero_shot_component import ZeroShotNER
 
     labels = [(label_map or {}).get(l, l) for l in dataset_info(source.split(":")[0])["labels"] or []]
     if any(isinstance(c, ZeroShotNER) for _, c in nlp.pipeline):
         return labels or None  # a zero-shot pipeline is asked for the dataset's own types, by name
     known = {l for _, c in nlp.pipeline if isinstance(c, SpanNER) for l in c.labels}
+    labels = dataset_labels(labels, source.split(":")[0], known)  # a corpus variant where one was trained
     return labels if known and labels and set(labels) <= known else None
 
 

@@ -18,7 +18,7 @@ from spacy.tokens import Doc, Span, SpanGroup
 from spacy.util import filter_spans, minibatch
 
 from ner.boundary_model import BoundaryModelSpec
-from ner.decoding import DECODERS
+from ner.decoding import DECODERS, base_labels
 from ner.encoders import WordEncoder, load_from_directory, load_pretrained
 from ner.extensions import install_extensions
 from ner.span_model import SpanModel, SpanModelSpec
@@ -127,7 +127,11 @@ class SpanNER(Pipe):
 
     def annotate(self, docs: list[Doc], *, threshold=None, decoding=None, labels=None) -> None:
         threshold = self.cfg["threshold"] if threshold is None else threshold
-        labels = labels if labels is not None else self.cfg.get("active_labels")
+        variants = base_labels(self.cfg["labels"])
+        if labels is None:
+            labels = self.cfg.get("active_labels")
+            if labels is None and variants:  # corpus variants only when asked for
+                labels = [l for l in self.cfg["labels"] if l not in variants]
         decoding = decoding or self.cfg["decoding"]
         tokens = [[t.i for t in doc if not t.is_space] for doc in docs]
         words = [[doc[i].text for i in index] for doc, index in zip(docs, tokens)]
@@ -136,6 +140,8 @@ class SpanNER(Pipe):
             probs, n_windows, n_blocks = self.model.predict(words)
         for doc, index, doc_probs, windows, blocks in zip(docs, tokens, probs, n_windows, n_blocks):
             found = self.model.decode(doc_probs, threshold, decoding, labels) if index else []
+            if variants:  # "Disease@ncbi_disease" is a Disease
+                found = [(start, end, variants.get(label, label), score) for start, end, label, score in found]
             self.set_annotations(doc, index, found, windows, blocks)
 
     def set_annotations(self, doc: Doc, index: list[int], found, n_windows: int, n_blocks: int = 1) -> None:

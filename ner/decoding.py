@@ -44,6 +44,29 @@ def decode_nested(probs, labels, threshold=0.5):
 DECODERS = {"flat": decode_flat, "nested": decode_nested}
 
 
+VARIANT_MARK = "@"
+
+
+def corpus_variant(label: str, dataset: str) -> str:
+    """The name of ``label`` as one corpus annotates it: ``"Disease@ncbi_disease"``. A
+    pipeline trained on corpora whose guidelines differ for one type keeps a variant per
+    corpus; a variant decodes under its base name ("Disease") and only when asked for."""
+    return f"{label}{VARIANT_MARK}{dataset}"
+
+
+def base_labels(labels) -> dict[str, str]:
+    """Each corpus variant among ``labels`` whose base label is there too → that base."""
+    labels = set(labels)
+    return {label: label.split(VARIANT_MARK)[0] for label in labels
+            if VARIANT_MARK in label and label.split(VARIANT_MARK)[0] in labels}
+
+
+def dataset_labels(labels: list[str], dataset: str, known) -> list[str]:
+    """A dataset's labels as a pipeline that knows ``known`` should decode them: each one's
+    variant for this corpus where the pipeline has it."""
+    return [corpus_variant(l, dataset) if corpus_variant(l, dataset) in set(known) else l for l in labels]
+
+
 def keep_labels(probs: np.ndarray, labels, allowed) -> np.ndarray:
     """``probs`` with every label outside ``allowed`` scored zero (``allowed`` None: all).
     Pipelines trained on several label schemes decode one scheme at a time this way."""

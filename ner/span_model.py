@@ -91,6 +91,18 @@ class SpanModel(nn.Module):
         self.spec = spec
         self.head = SpanHead(encoder.hidden_size, spec.hidden_size, len(labels), spec.max_width, spec.dropout)
 
+    @torch.no_grad()
+    def add_labels(self, labels: dict[str, str]) -> None:
+        """New labels (name → the existing label whose classifier row each starts from):
+        a trained model grows corpus variants of its types without forgetting them."""
+        out = self.head.classify[-1]
+        rows = [self.labels.index(source) for source in labels.values()]
+        grown = nn.Linear(out.in_features, out.out_features + len(rows)).to(out.weight.device)
+        grown.weight.copy_(torch.cat([out.weight, out.weight[rows]]))
+        grown.bias.copy_(torch.cat([out.bias, out.bias[rows]]))
+        self.head.classify[-1] = grown
+        self.labels += list(labels)
+
     def forward(self, batch: list[list[str]]):
         """Logits (batch, n_words, max_width, n_labels), span mask, and windows used."""
         encoded = self.encoder(batch)

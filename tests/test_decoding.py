@@ -27,3 +27,13 @@ def test_nested_keeps_inner_and_outer_but_not_crossing():
     probs = probs_with([(0, 3, "LOC", 0.9), (1, 2, "PER", 0.8), (2, 4, "PER", 0.7)])
     found = [(s, e, l) for s, e, l, _ in decode_nested(probs, LABELS)]
     assert found == [(0, 3, "LOC"), (1, 2, "PER")]
+
+
+def test_corpus_variants_are_named_after_their_corpus_and_found_by_their_base():
+    from ner.decoding import base_labels, corpus_variant, dataset_labels
+
+    labels = ["Disease", "Chemical", corpus_variant("Disease", "ncbi_disease"), "email@work"]
+    assert labels[2] == "Disease@ncbi_disease"
+    assert base_labels(labels) == {"Disease@ncbi_disease": "Disease"}  # "work" names no label: not a variant
+    assert dataset_labels(["Disease"], "ncbi_disease", labels) == ["Disease@ncbi_disease"]
+    assert dataset_labels(["Chemical", "Disease"], "bc5cdr", labels) == ["Chemical", "Disease"]

@@ -142,6 +142,45 @@ def test_training_goes_on_from_a_trained_pipeline_with_its_vocabulary(tmp_path, 
         train(recipe, log=lambda *a: None)
 
 
+def test_a_corpus_variant_is_taught_by_its_corpus_alone_and_decodes_under_its_base_name(tmp_path, tiny_encoder_dir):
+    """A trained pipeline grows ``LOC@wikiann/en``: WikiANN's LOC, from LOC's classifier
+    row; the recipe's other corpora keep teaching LOC, WikiANN only its variant."""
+    from ner.cli import _evaluation_labels
+
+    variant = "LOC@wikiann/en"
+    records = load_split(["wikiann/en:train:5", "conll2003_en:train:3"], select={"wikiann/en": {"variant": True}})
+    wikiann, conll = records[:5], records[5:]
+    assert all(r.labels == ["PER@wikiann/en", "ORG@wikiann/en", variant] for r in wikiann)
+    assert {s.label for r in wikiann for s in r.spans} <= set(wikiann[0].labels) and any(r.spans for r in wikiann)
+    assert conll[0].labels == ["PER", "ORG", "LOC", "MISC"]
+
+    first = train(write_recipe(tmp_path, "first", encoder=tiny_encoder_dir), log=lambda *a: None)
+    recipe = write_recipe(tmp_path, "grown", init=first["output"], training="learning_rate = 1e-9\nhead_learning_rate = 1e-9")
+    recipe.write_text(recipe.read_text()
+                      .replace('"MISC"]', f'"MISC", "{variant}"]')
+                      .replace('train = ["conll2003_en:train:2-8"]', 'train = ["conll2003_en:train:2-8", "wikiann/en:train:4"]')
+                      + '[data.select."wikiann/en"]\nvariant = true\n')
+    grown = spacy.load(train(recipe, log=lambda *a: None)["output"])
+    ner = grown.get_pipe("ner")
+    assert ner.labels == ("PER", "ORG", "LOC", "MISC", variant) and ner.model.labels == list(ner.labels)
+    weight = ner.model.head.classify[-1].weight
+    assert weight.shape[0] == 5 and torch.allclose(weight[4], weight[2], atol=1e-6)  # started from LOC, barely moved
+    # decoded as LOC, and only when asked for
+    words = "Angela Merkel met Tim Cook in Berlin .".split()
+    ner.cfg["threshold"] = 0.0  # every span passes: which labels may come out is what is under test
+    doc = ner(grown.make_doc(" ".join(words)))
+    assert doc.spans["ner"] and not any("@" in s.label_ for s in doc.spans["ner"])
+    asked = list(ner.pipe([grown.make_doc(" ".join(words))], labels=[variant]))[0]
+    assert asked.spans["ner"] and {s.label_ for s in asked.spans["ner"]} == {"LOC"}
+    # `ner evaluate` decodes WikiANN's LOC with WikiANN's variant, CoNLL's with the base label
+    args = type("Args", (), {"labels": None})()
+    assert _evaluation_labels(grown, "wikiann/en:test", args) == ["PER", "ORG", variant]
+    assert _evaluation_labels(grown, "conll2003_en:test", args) == ["PER", "ORG", "LOC", "MISC"]
+    with pytest.raises(ValueError, match="corpus variants"):
+        recipe.write_text(recipe.read_text().replace(f'"{variant}"', '"DATE@wikiann/en"'))
+        train(recipe, log=lambda *a: None)
+
+
 def test_a_packed_job_trains_without_spacy_and_unpacks_to_the_pipeline_it_scored(tmp_path, tiny_encoder_dir):
     from ner.evaluation import threshold_scores
     from ner.training.loop import load_split

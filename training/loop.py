@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ner.decoding import base_labels
 from ner.evaluation import best_threshold, evaluate
 from ner.training.batches import length_batches, make_segments
 
@@ -68,8 +69,10 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
     (Pile-NER): ``labels``, the (mapped) types it trains, its other spans dropped and its
     loss masked to them; ``named_only``, drop mentions with no capital letter or digit
     ("browser" is no product name, "iPhone" and "3DS" are); ``with_entities``, keep only
-    records that keep a mention."""
+    records that keep a mention; ``variant``, its types become this corpus's own variants
+    ("Disease@ncbi_disease": ``ner.decoding.corpus_variant``), taught by it alone."""
     from ner.datasets import dataset_info, load_dataset
+    from ner.decoding import corpus_variant
     from ner.spans import group_records
 
     records = []
@@ -85,6 +88,7 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
             annotated = list(options["labels"])
         else:
             annotated = [label_map.get(l, l) for l in dataset_info(dataset)["labels"]] if label_map else dataset_info(dataset)["labels"]
+        variants = options.get("variant", False)
         chosen = []
         for i, record in enumerate(load_dataset(dataset, split)):
             if (limit is not None and i - first >= limit) or (cap is not None and i >= cap):
@@ -98,7 +102,10 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
                                 and not (options.get("named_only") and not _looks_named(record.text[s.start:s.end]))]
                 if options.get("with_entities") and not record.spans:
                     continue
-            record.labels = annotated  # the types its dataset annotates: loss masking, decoding
+            if variants:
+                record.spans = [type(s)(s.start, s.end, corpus_variant(s.label, dataset)) for s in record.spans]
+            # the types its dataset annotates: loss masking, decoding
+            record.labels = [corpus_variant(l, dataset) for l in annotated] if variants else annotated
             chosen.append(record)
         group = (sentences_per_record or {}).get(dataset, 1)
         records += list(group_records(chosen, group)) if group > 1 else chosen
@@ -190,6 +197,22 @@ def pretrained_encoder(encoder: dict, records):
     return transformer, tokenizer
 
 
+def grow_variants(ner, labels: list[str], init: str) -> None:
+    """Give a trained span component the recipe's ``labels``: its own, in order, then any
+    corpus variants of them (``Disease@ncbi_disease``), each starting from its base label."""
+    have = list(ner.cfg["labels"])
+    new = labels[len(have):]
+    variants = base_labels(labels)
+    if labels[: len(have)] != have or any(label not in variants for label in new):
+        raise ValueError(f"{init} has labels {have}, the recipe {labels}: a recipe that goes on from a pipeline "
+                         "keeps its labels, and may add corpus variants of them after them")
+    if new:
+        if not hasattr(ner.model, "add_labels"):
+            raise ValueError(f"{init}'s model cannot grow labels")
+        ner.model.add_labels({label: variants[label] for label in new})
+        ner.cfg["labels"] = list(labels)
+
+
 def build_pipeline(recipe: dict, train_records, dev_records):
     import spacy
 
@@ -199,8 +222,9 @@ def build_pipeline(recipe: dict, train_records, dev_records):
 
         nlp = load(encoder["init"], backend="torch")  # trained on the fp32 reference, whatever it ships with
         ner = nlp.get_pipe("ner")
-        if list(ner.cfg["labels"]) != list(pipeline["labels"]):
-            raise ValueError(f"{encoder['init']} has labels {ner.cfg['labels']}, the recipe {pipeline['labels']}")
+        grow_variants(ner, list(pipeline["labels"]), encoder["init"])
+        if "active_labels" in pipeline:
+            ner.cfg["active_labels"] = pipeline["active_labels"]
         if recipe.get("output", {}).get("storage"):  # how this run is saved (the init's, unless the recipe says)
             ner.cfg["storage"] = recipe["output"]["storage"]
         sources = nlp.meta.get("sources", [])  # every stage's training data, each named once
