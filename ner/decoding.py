@@ -63,8 +63,15 @@ def base_labels(labels) -> dict[str, str]:
 
 def dataset_labels(labels: list[str], dataset: str, known) -> list[str]:
     """A dataset's labels as a pipeline that knows ``known`` should decode them: each one's
-    variant for this corpus where the pipeline has it."""
-    return [corpus_variant(l, dataset) if corpus_variant(l, dataset) in set(known) else l for l in labels]
+    variant for this corpus where the pipeline has it (``wikiann/de``'s own, else its
+    family's, ``wikiann``)."""
+    known = set(known)
+    names = [dataset] + ([dataset.split("/")[0]] if "/" in dataset else [])
+
+    def choose(label):
+        return next((corpus_variant(label, n) for n in names if corpus_variant(label, n) in known), label)
+
+    return [choose(label) for label in labels]
 
 
 def keep_labels(probs: np.ndarray, labels, allowed) -> np.ndarray:

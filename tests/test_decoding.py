@@ -37,3 +37,6 @@ def test_corpus_variants_are_named_after_their_corpus_and_found_by_their_base():
     assert base_labels(labels) == {"Disease@ncbi_disease": "Disease"}  # "work" names no label: not a variant
     assert dataset_labels(["Disease"], "ncbi_disease", labels) == ["Disease@ncbi_disease"]
     assert dataset_labels(["Chemical", "Disease"], "bc5cdr", labels) == ["Chemical", "Disease"]
+    family = ["PER", "LOC", "PER@wikiann", "LOC@wikiann/de"]
+    assert dataset_labels(["PER", "LOC"], "wikiann/de", family) == ["PER@wikiann", "LOC@wikiann/de"]  # its own first
+    assert dataset_labels(["PER", "LOC"], "wikiann/nl", family) == ["PER@wikiann", "LOC"]

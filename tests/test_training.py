@@ -153,6 +153,8 @@ def test_a_corpus_variant_is_taught_by_its_corpus_alone_and_decodes_under_its_ba
     assert all(r.labels == ["PER@wikiann/en", "ORG@wikiann/en", variant] for r in wikiann)
     assert {s.label for r in wikiann for s in r.spans} <= set(wikiann[0].labels) and any(r.spans for r in wikiann)
     assert conll[0].labels == ["PER", "ORG", "LOC", "MISC"]
+    family = load_split(["wikiann/de:train:3"], select={"wikiann/de": {"variant": "wikiann"}})
+    assert family[0].labels == ["PER@wikiann", "ORG@wikiann", "LOC@wikiann"]  # one variant for every language
 
     first = train(write_recipe(tmp_path, "first", encoder=tiny_encoder_dir), log=lambda *a: None)
     recipe = write_recipe(tmp_path, "grown", init=first["output"], training="learning_rate = 1e-9\nhead_learning_rate = 1e-9")

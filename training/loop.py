@@ -70,7 +70,8 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
     loss masked to them; ``named_only``, drop mentions with no capital letter or digit
     ("browser" is no product name, "iPhone" and "3DS" are); ``with_entities``, keep only
     records that keep a mention; ``variant``, its types become this corpus's own variants
-    ("Disease@ncbi_disease": ``ner.decoding.corpus_variant``), taught by it alone."""
+    ("Disease@ncbi_disease": ``ner.decoding.corpus_variant``), taught by it alone (a name
+    instead of true: variants shared by a family, "PER@wikiann" for every ``wikiann/*``)."""
     from ner.datasets import dataset_info, load_dataset
     from ner.decoding import corpus_variant
     from ner.spans import group_records
@@ -88,7 +89,8 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
             annotated = list(options["labels"])
         else:
             annotated = [label_map.get(l, l) for l in dataset_info(dataset)["labels"]] if label_map else dataset_info(dataset)["labels"]
-        variants = options.get("variant", False)
+        variant = options.get("variant", False)  # true: this dataset's own variants; a name: that family's
+        variant = (dataset if variant is True else variant) or None
         chosen = []
         for i, record in enumerate(load_dataset(dataset, split)):
             if (limit is not None and i - first >= limit) or (cap is not None and i >= cap):
@@ -102,10 +104,10 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
                                 and not (options.get("named_only") and not _looks_named(record.text[s.start:s.end]))]
                 if options.get("with_entities") and not record.spans:
                     continue
-            if variants:
-                record.spans = [type(s)(s.start, s.end, corpus_variant(s.label, dataset)) for s in record.spans]
+            if variant:
+                record.spans = [type(s)(s.start, s.end, corpus_variant(s.label, variant)) for s in record.spans]
             # the types its dataset annotates: loss masking, decoding
-            record.labels = [corpus_variant(l, dataset) for l in annotated] if variants else annotated
+            record.labels = [corpus_variant(l, variant) for l in annotated] if variant else annotated
             chosen.append(record)
         group = (sentences_per_record or {}).get(dataset, 1)
         records += list(group_records(chosen, group)) if group > 1 else chosen
