@@ -114,6 +114,21 @@ def test_biomedical_scores_bc2gm_through_its_label_map(biomedical):
     assert biomedical.meta["label_map"] == {"GENE": "Gene"}  # BC2GM's GENE is the pipeline's Gene
 
 
+@pytest.mark.parametrize("pipeline, variants", [
+    ("biomedical", ["Disease@ncbi_disease"]),
+    ("multilingual", ["PER@wikiann", "ORG@wikiann", "LOC@wikiann"]),
+])
+def test_corpus_variants_answer_only_when_asked_and_under_their_base_names(pipeline, variants, request):
+    nlp = request.getfixturevalue(pipeline)
+    assert set(variants) <= set(nlp.get_pipe("ner").labels)
+    text = {"biomedical": "Hereditary breast cancer was treated with cisplatin.",
+            "multilingual": "Angela Merkel traf Emmanuel Macron in Paris."}[pipeline]
+    by_default = entities(nlp(text))
+    asked = entities(nlp(text, component_cfg={"ner": {"labels": variants}}))
+    assert by_default and asked and not any("@" in label for _, label in by_default + asked)
+    assert {label for _, label in asked} <= {v.split("@")[0] for v in variants}
+
+
 @pytest.fixture(scope="module")
 def multilingual():
     return ner.load("multilingual")
