@@ -141,20 +141,22 @@ def boundary_targets(batch_spans, n_words: int, labels: list[str]) -> torch.Tens
     return target
 
 
-def boundary_candidates(probs: np.ndarray, labels: list[str], threshold: float, max_length: int, allowed=None,
+def boundary_candidates(probs: np.ndarray, labels: list[str], threshold, max_length: int, allowed=None,
                         inside: str = "all"):
     """[(score, start, end_exclusive, label)]: for every word whose start score passes the
-    threshold, the span to the first word at or after it whose end score passes, provided
+    threshold (one number, or one per label), the span to the first word at or after it whose end score passes, provided
     the words from start to end score inside: with ``inside="all"`` every one of them
     passes the threshold; with ``"mean"`` their mean inside score does, so a 100-word
     entity survives a few words that dip below it, while a start paired across outside
     words (its own end missed) is still refused: those words pull the mean down.
     Linear in the number of words."""
     n_words = probs.shape[0]
+    per_label = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(labels),))
     found = []
     for j, label in enumerate(labels):
         if allowed is not None and label not in allowed:
             continue
+        threshold = per_label[j]
         start_p, end_p, inside_p = probs[:, START, j], probs[:, END, j], probs[:, INSIDE, j]
         starts = np.nonzero(start_p >= threshold)[0]
         if not len(starts):

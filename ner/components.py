@@ -18,7 +18,7 @@ from spacy.tokens import Doc, Span, SpanGroup
 from spacy.util import filter_spans, minibatch
 
 from ner.boundary_model import BoundaryModelSpec
-from ner.decoding import DECODERS, base_labels
+from ner.decoding import DECODERS, base_labels, label_thresholds
 from ner.encoders import WordEncoder, load_from_directory, load_pretrained
 from ner.extensions import install_extensions
 from ner.span_model import SpanModel, SpanModelSpec
@@ -47,6 +47,7 @@ stride = 128
         "labels": [],
         "active_labels": None,
         "threshold": 0.5,
+        "label_thresholds": {},
         "spans_key": "ner",
         "decoding": "flat",
         "batch_size": 16,
@@ -56,9 +57,10 @@ stride = 128
     default_score_weights={"ents_f": 1.0, "ents_p": 0.0, "ents_r": 0.0, "ents_per_type": None},
 )
 def make_span_ner(nlp, name, model: SpanModelSpec | BoundaryModelSpec, labels: list[str], active_labels: list[str] | None,
-                  threshold: float, spans_key: str, decoding: str, batch_size: int, storage: str, backend: str = "torch"):
+                  threshold: float, spans_key: str, decoding: str, batch_size: int, storage: str, backend: str = "torch",
+                  label_thresholds: dict[str, float] | None = None):
     return SpanNER(nlp.vocab, model, name, labels=labels, active_labels=active_labels, threshold=threshold,
-                   spans_key=spans_key, decoding=decoding, batch_size=batch_size, storage=storage, backend=backend)
+                   label_thresholds=label_thresholds, spans_key=spans_key, decoding=decoding, batch_size=batch_size, storage=storage, backend=backend)
 
 
 class SpanNER(Pipe):
@@ -66,7 +68,8 @@ class SpanNER(Pipe):
     default_architecture = "span"  # what a cfg.json without "architecture" holds
 
     def __init__(self, vocab, spec: SpanModelSpec | BoundaryModelSpec, name: str = "ner", *, labels=(), active_labels=None,
-                 threshold=0.5, spans_key="ner", decoding="flat", batch_size=16, storage="fp32", backend="torch"):
+                 threshold=0.5, label_thresholds=None, spans_key="ner", decoding="flat", batch_size=16, storage="fp32",
+                 backend="torch"):
         if decoding not in DECODERS:
             raise ValueError(f"decoding must be one of {sorted(DECODERS)}, got {decoding!r}")
         install_extensions()
@@ -75,7 +78,10 @@ class SpanNER(Pipe):
         self.spec = spec
         # active_labels: the labels predicted when a call names none (None: all of them);
         # a pipeline trained on several label schemes predicts one scheme by default.
-        self.cfg = {"labels": list(labels), "active_labels": active_labels, "threshold": threshold, "spans_key": spans_key,
+        # label_thresholds: a label's own decoding threshold where dev data chose one
+        # (`python -m ner.training.thresholds`); the others use threshold.
+        self.cfg = {"labels": list(labels), "active_labels": active_labels, "threshold": threshold,
+                    "label_thresholds": dict(label_thresholds or {}), "spans_key": spans_key,
                     "decoding": decoding, "batch_size": batch_size, "storage": storage}
         # backend: what the model runs on once loaded (kernels.BACKENDS); it lives in the
         # pipeline's config.cfg, not in cfg.json, so spacy.load's config overrides choose it.
@@ -126,7 +132,7 @@ class SpanNER(Pipe):
             yield from buffer
 
     def annotate(self, docs: list[Doc], *, threshold=None, decoding=None, labels=None) -> None:
-        threshold = self.cfg["threshold"] if threshold is None else threshold
+        threshold = self.thresholds() if threshold is None else label_thresholds(self.model.labels, threshold)
         variants = base_labels(self.cfg["labels"])
         if labels is None:
             labels = self.cfg.get("active_labels")
@@ -143,6 +149,12 @@ class SpanNER(Pipe):
             if variants:  # "Disease@ncbi_disease" is a Disease
                 found = [(start, end, variants.get(label, label), score) for start, end, label, score in found]
             self.set_annotations(doc, index, found, windows, blocks)
+
+    def thresholds(self):
+        """The decoding threshold of each label, in the model's label order (one number
+        when no label has its own)."""
+        labels = self.model.labels if self.model is not None else self.labels
+        return label_thresholds(labels, self.cfg["threshold"], self.cfg.get("label_thresholds"))
 
     def set_annotations(self, doc: Doc, index: list[int], found, n_windows: int, n_blocks: int = 1) -> None:
         spans, scores = [], []

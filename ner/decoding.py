@@ -4,12 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def candidate_spans(probs: np.ndarray, labels: list[str], threshold: float):
+def candidate_spans(probs: np.ndarray, labels: list[str], threshold):
     """probs (n_words, max_width, n_labels) → [(score, start, end_exclusive, label)] for
-    each span's best label when it passes the threshold."""
-    best = probs.argmax(-1)
-    score = probs.max(-1)
-    starts, widths = np.nonzero(score >= threshold)
+    each span's best label among those that pass the threshold: one number, or one per
+    label (``label_thresholds``)."""
+    passing = np.where(probs >= np.asarray(threshold, dtype=probs.dtype), probs, -1.0)
+    best = passing.argmax(-1)
+    score = passing.max(-1)
+    starts, widths = np.nonzero(score >= 0)
     return [
         (float(score[s, w]), int(s), int(s + w + 1), labels[best[s, w]])
         for s, w in zip(starts, widths)
@@ -42,6 +44,21 @@ def decode_nested(probs, labels, threshold=0.5):
 
 
 DECODERS = {"flat": decode_flat, "nested": decode_nested}
+
+
+def label_thresholds(labels, threshold: float, per_label: dict | None = None):
+    """The decoding threshold of each of ``labels``: ``per_label``'s where it names the
+    label, else ``threshold``. A single number when no label has its own."""
+    per_label = per_label or {}
+    unknown = set(per_label) - set(labels)
+    if unknown:
+        raise ValueError(f"thresholds for unknown labels {sorted(unknown)}; this pipeline has {list(labels)}")
+    for label, value in {"threshold": threshold, **per_label}.items():
+        if not float(value) >= 0.0:  # 0: every span passes; above 1: none does
+            raise ValueError(f"a decoding threshold is a number from 0 up; {label}: {value!r}")
+    if not per_label:
+        return float(threshold)
+    return np.array([float(per_label.get(label, threshold)) for label in labels], dtype=np.float32)
 
 
 VARIANT_MARK = "@"

@@ -40,3 +40,35 @@ def test_corpus_variants_are_named_after_their_corpus_and_found_by_their_base():
     family = ["PER", "LOC", "PER@wikiann", "LOC@wikiann/de"]
     assert dataset_labels(["PER", "LOC"], "wikiann/de", family) == ["PER@wikiann", "LOC@wikiann/de"]  # its own first
     assert dataset_labels(["PER", "LOC"], "wikiann/nl", family) == ["PER@wikiann", "LOC"]
+
+
+def test_a_label_with_its_own_threshold_keeps_spans_the_others_would_drop():
+    from ner.decoding import label_thresholds
+
+    probs = probs_with([(0, 2, "PER", 0.4), (3, 4, "LOC", 0.4)])
+    own = label_thresholds(LABELS, 0.5, {"LOC": 0.3})
+    assert list(own) == [0.5, 0.3]
+    assert [(s, e, l) for s, e, l, _ in decode_flat(probs, LABELS, own)] == [(3, 4, "LOC")]
+    assert label_thresholds(LABELS, 0.5) == 0.5  # no label of its own: one number, as before
+
+
+def test_the_best_label_is_chosen_among_those_that_pass_their_own_threshold():
+    from ner.decoding import label_thresholds
+
+    probs = probs_with([(0, 2, "PER", 0.6), (0, 2, "LOC", 0.55)])
+    assert [l for _, _, l, _ in decode_flat(probs, LABELS, 0.5)] == ["PER"]
+    found = decode_flat(probs, LABELS, label_thresholds(LABELS, 0.5, {"PER": 0.7}))
+    assert [(l, round(score, 2)) for _, _, l, score in found] == [("LOC", 0.55)]
+
+
+def test_label_thresholds_refuse_unknown_labels_and_negative_thresholds():
+    import pytest
+
+    from ner.decoding import label_thresholds
+
+    with pytest.raises(ValueError, match="unknown labels \\['ORG'\\]"):
+        label_thresholds(LABELS, 0.5, {"ORG": 0.3})
+    with pytest.raises(ValueError, match="LOC: -0.5"):
+        label_thresholds(LABELS, 0.5, {"LOC": -0.5})
+    with pytest.raises(ValueError, match="threshold: nan"):
+        label_thresholds(LABELS, float("nan"))

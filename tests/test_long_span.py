@@ -69,6 +69,14 @@ def test_a_break_in_the_inside_run_or_max_length_stops_a_span():
     assert decode_boundaries(probs_for(50, [(10, 30, "A")]), ["A", "B"], 0.5, max_length=19) == []
 
 
+def test_a_label_with_its_own_threshold_decodes_its_boundaries_against_it():
+    probs = probs_for(50, [(10, 30, "A"), (40, 42, "B")])
+    probs[40:42, :, 1] *= 0.4 / 0.9  # B's start, end and inside scores at 0.4
+    assert [l for _, _, l, _ in decode_boundaries(probs, ["A", "B"], 0.5)] == ["A"]
+    own = np.array([0.5, 0.3], dtype=np.float32)
+    assert [(s, e, l) for s, e, l, _ in decode_boundaries(probs, ["A", "B"], own)] == [(10, 30, "A"), (40, 42, "B")]
+
+
 def test_v1_keeps_its_inside_rule_and_rejects_unknown_rules():
     assert build_boundary_model().inside == "all"
     assert build_boundary_model(inside="mean").inside == "mean"

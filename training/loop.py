@@ -320,7 +320,7 @@ def optimizer_step(model, optimizer, schedule, loss) -> float:
 def export_pipeline(nlp, path, config=None) -> None:
     """Save ``nlp`` through a fresh Language built from its config (or ``config``, a
     changed copy of it), so the strings that evaluation added to the vocabulary are not
-    shipped. ``config.cfg`` states each component's threshold as its ``cfg.json`` does
+    shipped. ``config.cfg`` states each component's thresholds as its ``cfg.json`` does
     (the one that a load uses)."""
     from ner.loading import write_checksums
 
@@ -329,6 +329,8 @@ def export_pipeline(nlp, path, config=None) -> None:
         settings = config["components"].get(name, {})
         if "threshold" in settings and "threshold" in getattr(component, "cfg", {}):
             settings["threshold"] = component.cfg["threshold"]
+        if getattr(component, "cfg", {}).get("label_thresholds"):
+            settings["label_thresholds"] = dict(component.cfg["label_thresholds"])
     fresh = type(nlp).from_config(config)
     fresh.meta.update(nlp.meta)
     fresh.tokenizer.from_bytes(nlp.tokenizer.to_bytes(exclude=["vocab"]), exclude=["vocab"])
