@@ -114,6 +114,17 @@ def test_biomedical_scores_bc2gm_through_its_label_map(biomedical):
     assert biomedical.meta["label_map"] == {"GENE": "Gene"}  # BC2GM's GENE is the pipeline's Gene
 
 
+def test_biomedical_decodes_each_label_at_the_threshold_its_dev_data_chose(biomedical):
+    component = biomedical.get_pipe("ner")
+    chosen = dict(zip(component.model.labels, component.thresholds()))
+    assert chosen == pytest.approx({"Disease": 0.7, "Chemical": 0.4, "Gene": 0.5, "Disease@ncbi_disease": 0.3})
+    text = "Hereditary breast cancer was treated with cisplatin."
+    doc = biomedical(text)
+    assert doc.spans["ner"] and all(span._.score >= chosen[span.label_] for span in doc.spans["ner"])
+    strict = biomedical(text, component_cfg={"ner": {"threshold": 0.99}})  # a call's threshold is every label's
+    assert all(span._.score >= 0.99 for span in strict.spans["ner"]) and len(strict.spans["ner"]) < len(doc.spans["ner"])
+
+
 @pytest.mark.parametrize("pipeline, variants", [
     ("biomedical", ["Disease@ncbi_disease"]),
     ("multilingual", ["PER@wikiann", "ORG@wikiann", "LOC@wikiann"]),
