@@ -40,7 +40,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; each candidate keeps its best")
     parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
                         help="comma-separated ner.kernels backends (see ner.kernels.BACKENDS); a ner-kernels "
-                             "backend may fix its block width: ner-kernels-int8:block_k=16")
+                             "backend may fix its block width: ner-kernels-int8:block_k=16; any backend may window "
+                             "documents otherwise than the pipeline's config: ner-kernels-int8:stride=224")
     parser.add_argument("--peers", action="store_true", help="also run spaCy en_core_web_sm, NER only")
     parser.add_argument("--block-sparsity", type=float, default=0.0,
                         help="first zero this fraction of every encoder weight matrix's blocks by magnitude "
@@ -181,6 +182,9 @@ def pipeline_candidate(pipeline: str, backend: str, *, data: str, batch_size: in
         encoder.transformer = prune_blocks(encoder.transformer, block_sparsity)
         note = f"encoder blocks pruned {100 * block_sparsity:.0f}%"
     backend, options = parse_backend(backend)
+    windows = {key: options.pop(key) for key in ("window", "stride") if key in options}
+    if windows:  # "ner-kernels-int8:stride=224": the same weights, documents windowed otherwise
+        component.set_windows(**windows)
     if backend == "ner-kernels-int8-static":
         from ner.kernels.static_int8 import calibrate_input_ranges
 
@@ -198,8 +202,9 @@ def parse_backend(spec: str) -> tuple[str, dict]:
     options = {}
     for item in filter(None, rest.split(":")):
         key, equals, value = item.partition("=")
-        if key != "block_k" or not equals or not value.isdigit():
-            raise ValueError(f"backend option {item!r} in {spec!r}: the one option is block_k=N")
+        if key not in ("block_k", "window", "stride") or not equals or not value.isdigit():
+            raise ValueError(f"backend option {item!r} in {spec!r}: the options are block_k=N (a ner-kernels "
+                             "backend's block width), window=N and stride=N (how documents are windowed)")
         options[key] = int(value)
     return name, options
 

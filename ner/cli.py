@@ -75,6 +75,9 @@ def main(argv=None) -> int:
     evaluate.add_argument("--backend", default=None,
                           help="inference backend (torch, torch-int8, onnxruntime[-int8], ner-kernels[-int8]); "
                                "default: the one the pipeline's config names")
+    evaluate.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                          help="a config override as spacy.load takes it, e.g. components.ner.model.stride=224 "
+                               "(how documents are windowed) or components.ner.threshold=0.4; repeatable")
     evaluate.add_argument("--labels", default=None,
                           help="comma-separated labels to predict (default: the dataset's own, when DATA names one); "
                                "for a zero-shot pipeline LABEL=prompt pairs, e.g. PER=person,LOC=location")
@@ -144,6 +147,28 @@ def parse_labels(text: str):
     return {label.strip(): prompt.strip() for label, prompt in pairs}
 
 
+def config_overrides(items: list[str]) -> dict:
+    """``["components.ner.model.stride=224"]`` → ``{"components": {"ner": {"model": {"stride": 224}}}}``:
+    dotted config keys as spacy.load takes them; a value is read as JSON where it parses."""
+    import json
+
+    overrides: dict = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key or key.startswith(".") or key.endswith(".") or ".." in key:
+            raise ValueError(f"--config {item!r}: expected SECTION.KEY=VALUE, e.g. components.ner.model.stride=224")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass  # a plain string
+        *sections, name = key.split(".")
+        target = overrides
+        for section in sections:
+            target = target.setdefault(section, {})
+        target[name] = value
+    return overrides
+
+
 def _format_from_name(name: str, default: str) -> str:
     for suffix, fmt in ((".jsonl", "jsonl"), (".conll", "conll"), (".spacy", "docbin"), (".txt", "txt")):
         if name.endswith(suffix):
@@ -168,7 +193,12 @@ def run_evaluate(args) -> int:
     import ner
     from ner.evaluation import evaluate
 
-    nlp = ner.load(args.pipeline, backend=args.backend)
+    try:
+        overrides = config_overrides(args.config)
+    except ValueError as error:
+        print(f"ner evaluate: {error}", file=sys.stderr)
+        return 2
+    nlp = ner.load(args.pipeline, backend=args.backend, config=overrides)
     label_map = nlp.meta.get("label_map") or {}  # dataset label → pipeline label, e.g. GENE → Gene
     sources = _evaluation_sources(args.data)
     results = {}

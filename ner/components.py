@@ -7,7 +7,7 @@ Doc's own tokens (whitespace tokens skipped) and never re-tokenises.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -63,6 +63,9 @@ def make_span_ner(nlp, name, model: SpanModelSpec | BoundaryModelSpec, labels: l
                    label_thresholds=label_thresholds, spans_key=spans_key, decoding=decoding, batch_size=batch_size, storage=storage, backend=backend)
 
 
+WINDOW_SETTINGS = ("window", "stride", "block_words")  # read from the config at load time
+
+
 class SpanNER(Pipe):
     specs = SPECS  # architecture name in cfg.json → spec class
     default_architecture = "span"  # what a cfg.json without "architecture" holds
@@ -114,6 +117,12 @@ class SpanNER(Pipe):
     def set_model(self, transformer, tokenizer) -> None:
         encoder = WordEncoder(transformer, tokenizer, self.spec.window, self.spec.stride)
         self.model = self.spec.build(encoder, self.cfg["labels"])
+
+    def set_windows(self, *, window: int | None = None, stride: int | None = None) -> None:
+        """Window documents differently from now on (an inference setting: the weights stay)."""
+        self.spec = replace(self.spec, window=window or self.spec.window, stride=stride or self.spec.stride)
+        if self.model is not None:
+            self.model.encoder.window, self.model.encoder.stride = self.spec.window, self.spec.stride
 
     def __call__(self, doc: Doc, **options) -> Doc:
         return next(iter(self.pipe([doc], **options)))
@@ -202,7 +211,12 @@ class SpanNER(Pipe):
         architecture = saved.pop("architecture", self.default_architecture)
         if architecture not in self.specs:
             raise ValueError(f"{cfg_path}: unknown architecture {architecture!r}; known: {sorted(self.specs)}")
+        configured = self.spec  # built from config.cfg and spacy.load's config overrides
         self.spec = self.specs[architecture](**saved.pop("spec"))
+        if type(configured) is type(self.spec):
+            # How documents are windowed is an inference setting, like the backend: the
+            # config decides, so spacy.load(path, config={"components.ner.model.stride": 192}) works.
+            self.spec = replace(self.spec, **{key: getattr(configured, key) for key in WINDOW_SETTINGS})
         self.cfg.update(saved)
         transformer, tokenizer = self.encoder_from_directory(path / "encoder")
         self.set_model(transformer, tokenizer)

@@ -71,8 +71,23 @@ def test_bench_fixes_a_kernels_block_width_per_candidate(pipeline_dir, conll_fil
     assert narrow["name"] == "ner-kernels-int8:block_k=16" and default["name"] == "ner-kernels-int8"
     assert narrow["f1"] == default["f1"]  # the same integers summed in another order
     assert parse_backend("ner-kernels:block_k=64") == ("ner-kernels", {"block_k": 64})
+    assert parse_backend("torch:stride=224") == ("torch", {"stride": 224})
     with pytest.raises(ValueError, match="block_k=N"):
         parse_backend("ner-kernels-int8:threads=2")
+
+
+def test_bench_windows_documents_per_candidate(pipeline_dir, conll_file, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(pipeline_dir), "--data", str(conll_file), "--rounds", "1", "--threads", "1",
+                 "--backends", "torch,torch:window=8:stride=4", "--json", str(out)]) == 0
+    default, narrow = json.loads(out.read_text())["results"]
+    assert narrow["name"] == "torch:window=8:stride=4" and default["name"] == "torch"
+    import ner
+
+    nlp = ner.load(pipeline_dir)
+    nlp.get_pipe("ner").set_windows(window=8, stride=4)  # what the candidate's options do
+    doc = nlp("Angela Merkel met Tim Cook in Berlin . " * 3)
+    assert doc._.ner_windows["window"] == 8 and doc._.ner_windows["stride"] == 4 and doc._.ner_windows["windows"] > 3
 
 
 def test_export_onnx_graphs_match_pytorch(pipeline_dir, tmp_path):

@@ -70,6 +70,29 @@ def test_evaluate_prints_micro_and_per_label(pipeline_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "s.json").read_text())["micro"]["f1"] == 1.0
 
 
+def test_evaluate_config_overrides_reach_the_loaded_pipeline(pipeline_dir, tmp_path, monkeypatch, capsys):
+    import ner
+    from ner.cli import config_overrides
+
+    assert config_overrides(["components.ner.model.stride=8", "components.ner.threshold=0.4", "nlp.lang=en"]) == {
+        "components": {"ner": {"model": {"stride": 8}, "threshold": 0.4}}, "nlp": {"lang": "en"}}
+    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+        config_overrides(["components.ner.model.stride"])
+    component = ner.load(pipeline_dir, config=config_overrides(["components.ner.model.stride=8"])).get_pipe("ner")
+    assert component.spec.stride == 8 and component.model.encoder.stride == 8  # windowing follows the config
+    assert ner.load(pipeline_dir).get_pipe("ner").spec.stride != 8
+    loaded = []
+    original = ner.load
+    monkeypatch.setattr(ner, "load", lambda *a, **k: loaded.append(k) or original(*a, **k))
+    data = tmp_path / "gold.conll"
+    data.write_text("Angela B-PER\nMerkel I-PER\n\n")
+    assert main(["evaluate", str(pipeline_dir), str(data), "--format", "conll",
+                 "--config", "components.ner.model.stride=8"]) == 0
+    assert loaded[-1]["config"] == {"components": {"ner": {"model": {"stride": 8}}}}
+    assert main(["evaluate", str(pipeline_dir), str(data), "--config", "stride"]) == 2
+    assert "SECTION.KEY=VALUE" in capsys.readouterr().err
+
+
 def test_evaluate_several_files_averages_and_maps_labels(pipeline_dir, tmp_path, capsys):
     """Several data arguments are scored one by one and averaged; the pipeline's
     ``label_map`` (dataset label → pipeline label) renames the gold spans first."""

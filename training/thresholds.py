@@ -113,7 +113,7 @@ def cross_validated_gain(dev: DevPredictions, labels: list[str], gains=(0.0, 0.0
     """The ``min_gain`` of ``gains`` whose thresholds, chosen on half of dev, score best on
     the other half (both ways round, counts pooled; a tie goes to the larger gain, which
     keeps fewer labels' own thresholds), or None where one threshold for all labels does
-    at least as well. Small dev sets reward thresholds that fit their noise; this is how
+    at least as well there. Small dev sets reward thresholds that fit their noise; this is how
     much evidence a label's own threshold needs here, if any."""
     halves = [list(range(0, len(dev.items), 2)), list(range(1, len(dev.items), 2))]
     held_out = {}
@@ -124,7 +124,7 @@ def cross_validated_gain(dev: DevPredictions, labels: list[str], gains=(0.0, 0.0
                                                   min_gain=gain or 0.0, log=lambda _: None)
             counts.append(dev.subset(check).counts(label_thresholds(labels, threshold, own)))
         held_out[gain] = micro_f1(np.concatenate(counts))
-    chosen = max(held_out, key=lambda g: (round(held_out[g], 6), -1.0 if g is None else g))
+    chosen = max(held_out, key=lambda g: (round(held_out[g], 6), float("inf") if g is None else g))
     log("held-out dev F1: one threshold " + f"{100 * held_out[None]:.2f}; per label, by min gain: "
         + ", ".join(f"{100 * g:g}: {100 * held_out[g]:.2f}" for g in gains)
         + "; chosen " + ("one threshold" if chosen is None else f"per label, min gain {100 * chosen:g}"))
