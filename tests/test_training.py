@@ -84,6 +84,17 @@ def test_select_trains_part_of_a_free_form_corpus_on_chosen_types():
     assert all(looks_named(m) for m in kept) and not all(looks_named(m) for m in mentions)
 
 
+def test_a_corpus_label_map_renames_its_types_alone():
+    select = {"wikineural/en": {"label_map": {"PER": "person", "LOC": "location"}, "labels": ["person", "location"]}}
+    both = load_split(["wikineural/en:val:200", "conll2003_en:train:50"], select=select)
+    wiki, news = both[:200], both[200:]
+    assert {s.label for r in wiki for s in r.spans} == {"person", "location"}  # ORG and MISC dropped, masked
+    assert all(r.labels == ["person", "location"] for r in wiki)
+    assert {s.label for r in news for s in r.spans} == {"PER", "ORG", "LOC", "MISC"}  # another corpus keeps its PER
+    renamed = load_split(["wikineural/en:val:200"], {"PER": "Person"}, select={"wikineural/en": {"label_map": {"Person": "person"}}})
+    assert "person" in renamed[0].labels and "PER" not in renamed[0].labels  # the recipe's map, then the corpus's
+
+
 def test_a_recipe_from_init_changes_the_windows_only():
     from ner.training.loop import window_settings
 

@@ -71,7 +71,9 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
     ("browser" is no product name, "iPhone" and "3DS" are); ``with_entities``, keep only
     records that keep a mention; ``variant``, its types become this corpus's own variants
     ("Disease@ncbi_disease": ``ner.decoding.corpus_variant``), taught by it alone (a name
-    instead of true: variants shared by a family, "PER@wikiann" for every ``wikiann/*``)."""
+    instead of true: variants shared by a family, "PER@wikiann" for every ``wikiann/*``);
+    ``label_map``, this corpus's own type renames, after the recipe's (WikiNEuRal's PER as
+    WNUT-17's person while Tweebank-NER's PER stays PER)."""
     from ner.datasets import dataset_info, load_dataset
     from ner.decoding import corpus_variant
     from ner.spans import group_records
@@ -85,10 +87,17 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
         elif extent:
             cap = int(extent[0])
         options = (select or {}).get(dataset, {})
+        maps = [m for m in (label_map, options.get("label_map")) if m]  # the recipe's, then this corpus's
+
+        def rename(label, maps=maps):
+            for mapping in maps:
+                label = mapping.get(label, label)
+            return label
+
         if "labels" in options:
             annotated = list(options["labels"])
         else:
-            annotated = [label_map.get(l, l) for l in dataset_info(dataset)["labels"]] if label_map else dataset_info(dataset)["labels"]
+            annotated = [rename(l) for l in dataset_info(dataset)["labels"]]
         variant = options.get("variant", False)  # true: this dataset's own variants; a name: that family's
         variant = (dataset if variant is True else variant) or None
         chosen = []
@@ -97,8 +106,8 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
                 break
             if i < first:
                 continue
-            if label_map:
-                record.spans = [type(s)(s.start, s.end, label_map.get(s.label, s.label)) for s in record.spans]
+            if maps:
+                record.spans = [type(s)(s.start, s.end, rename(s.label)) for s in record.spans]
             if options:
                 record.spans = [s for s in record.spans if s.label in annotated
                                 and not (options.get("named_only") and not _looks_named(record.text[s.start:s.end]))]
