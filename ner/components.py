@@ -60,7 +60,8 @@ def make_span_ner(nlp, name, model: SpanModelSpec | BoundaryModelSpec, labels: l
                   threshold: float, spans_key: str, decoding: str, batch_size: int, storage: str, backend: str = "torch",
                   label_thresholds: dict[str, float] | None = None):
     return SpanNER(nlp.vocab, model, name, labels=labels, active_labels=active_labels, threshold=threshold,
-                   label_thresholds=label_thresholds, spans_key=spans_key, decoding=decoding, batch_size=batch_size, storage=storage, backend=backend)
+                   label_thresholds=label_thresholds, spans_key=spans_key, decoding=decoding, batch_size=batch_size,
+                   storage=storage, backend=backend)
 
 
 WINDOW_SETTINGS = ("window", "stride", "block_words")  # read from the config at load time

@@ -1,8 +1,8 @@
 """Decoding thresholds chosen on a recipe's dev data for a pipeline as it is: one for all
 labels, then, with ``--per-label``, each label's own (coordinate ascent over the labels,
 kept only where dev micro F1 rises; whether to, and how much rise to ask, is decided by
-choosing on one half of dev and scoring on the other). The weights are not touched: OUT is a copy of the
-pipeline whose ``ner/cfg.json`` and ``config.cfg`` name the new thresholds.
+choosing on one half of dev and scoring on the other). The weights are not touched: OUT
+is a copy of the pipeline whose ``ner/cfg.json`` and ``config.cfg`` name the thresholds.
 
     python -m ner.training.thresholds training/biomedical.toml pipelines/biomedical runs/biomedical-thresholds --per-label
 
