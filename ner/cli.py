@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     evaluate.add_argument("pipeline")
     evaluate.add_argument("data", nargs="+",
                           help="dataset:split from the manifest (a * in the name matches several: "
-                               "'masakhaner2/*:test'), or a file; several are scored one by one and averaged")
+                               "'masakhaner2/*:test'; dataset:split:N or :A-B takes part of a split, as recipes do), "
+                               "or a file; several are scored one by one and averaged")
     evaluate.add_argument("--format", default=None, help="file format when DATA is a file")
     evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--limit", type=int, default=None)
@@ -242,7 +243,7 @@ def _evaluation_sources(data: list[str]) -> list[str]:
         if "*" in item and ":" in item and not Path(item).exists():
             from ner.datasets import list_datasets
 
-            pattern, split = item.rsplit(":", 1)
+            pattern, split = item.split(":", 1)
             matched = [f"{name}:{split}" for name in list_datasets() if fnmatch.fnmatchcase(name, pattern)]
             if not matched:
                 raise SystemExit(f"ner evaluate: no dataset matches {pattern!r}")
@@ -278,10 +279,9 @@ def _evaluation_records(source, args, label_map=None):
     from pathlib import Path
 
     if ":" in source and not Path(source).exists():
-        from ner.datasets import load_dataset
+        from ner.datasets import load_source
 
-        name, split = source.rsplit(":", 1)
-        records = load_dataset(name, split)
+        records = load_source(source)  # dataset:split, or its first N records (:N) or records A to B (:A-B)
     else:
         from ner.readers import read_records
 

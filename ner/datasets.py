@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 import tomllib
 from functools import lru_cache
@@ -112,6 +113,27 @@ def load_dataset(name: str, split: str, *, data_root=None, map_labels: bool = Fa
         records = _carve(records, entry["carve"], split)
     label_map = entry.get("label_map", {}) if map_labels else {}
     return (_rename_labels(record, label_map) for record in records) if label_map else records
+
+
+def parse_source(source: str) -> tuple[str, str, int, int | None]:
+    """``"dataset:split"``, ``"dataset:split:N"`` (its first N records) or
+    ``"dataset:split:A-B"`` (records A to B-1) → (dataset, split, first, stop or None)."""
+    parts = source.split(":")
+    if not 2 <= len(parts) <= 3 or not all(parts[:2]):
+        raise ValueError(f"{source!r}: expected dataset:split, dataset:split:N or dataset:split:A-B")
+    name, split, *extent = parts
+    if not extent:
+        return name, split, 0, None
+    first, dash, stop = extent[0].rpartition("-") if "-" in extent[0] else ("0", "", extent[0])
+    if not (first.isdigit() and stop.isdigit()) or int(first) > int(stop):
+        raise ValueError(f"{source!r}: the records to take are N or A-B (A <= B), got {extent[0]!r}")
+    return name, split, int(first), int(stop)
+
+
+def load_source(source: str, **options) -> Iterator[Record]:
+    """The records ``source`` names (``parse_source``), read as ``load_dataset`` reads them."""
+    name, split, first, stop = parse_source(source)
+    return itertools.islice(load_dataset(name, split, **options), first, stop)
 
 
 def _carved_splits(entry: dict) -> set[str]:

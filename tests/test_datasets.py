@@ -41,3 +41,23 @@ def test_sener_dev_documents_carved_into_train_and_dev_test_official(name, sizes
 def test_carved_sentence_splits_exist(name):
     sizes = {split: sum(1 for _ in load_dataset(name, split)) for split in ("train", "dev", "test")}
     assert all(sizes.values()) and sizes["train"] > sizes["dev"]
+
+
+def test_a_source_names_a_split_or_part_of_it():
+    from ner.datasets import parse_source
+
+    assert parse_source("wnut17:test") == ("wnut17", "test", 0, None)
+    assert parse_source("scirex:dev:2") == ("scirex", "dev", 0, 2)
+    assert parse_source("wikiann/de:train:2000-4500") == ("wikiann/de", "train", 2000, 4500)
+    for bad in ("wnut17", "wnut17:test:10:20", "wnut17:test:ten", "wnut17:test:9-3", ":test"):
+        with pytest.raises(ValueError, match="wnut17|:test"):
+            parse_source(bad)
+
+
+@needs_data
+def test_load_source_takes_the_records_a_range_names():
+    from ner.datasets import load_dataset, load_source
+
+    whole = [r.text for r in load_dataset("wnut17", "dev")][:12]
+    assert [r.text for r in load_source("wnut17:dev:5")] == whole[:5]
+    assert [r.text for r in load_source("wnut17:dev:5-12")] == whole[5:12]

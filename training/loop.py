@@ -74,18 +74,13 @@ def load_split(names: list[str], label_map: dict | None = None, limit: int | Non
     instead of true: variants shared by a family, "PER@wikiann" for every ``wikiann/*``);
     ``label_map``, this corpus's own type renames, after the recipe's (WikiNEuRal's PER as
     WNUT-17's person while Tweebank-NER's PER stays PER)."""
-    from ner.datasets import dataset_info, load_dataset
+    from ner.datasets import dataset_info, load_dataset, parse_source
     from ner.decoding import corpus_variant
     from ner.spans import group_records
 
     records = []
     for name in names:
-        dataset, split, *extent = name.split(":")  # "dataset:split", "dataset:split:N" (first N) or ":A-B"
-        first, cap = 0, None
-        if extent and "-" in extent[0]:
-            first, cap = (int(x) for x in extent[0].split("-"))
-        elif extent:
-            cap = int(extent[0])
+        dataset, split, first, cap = parse_source(name)  # "dataset:split", ":N" (first N) or ":A-B"
         options = (select or {}).get(dataset, {})
         maps = [m for m in (label_map, options.get("label_map")) if m]  # the recipe's, then this corpus's
 
