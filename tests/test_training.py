@@ -147,6 +147,11 @@ def test_training_goes_on_from_a_trained_pipeline_with_its_vocabulary(tmp_path, 
     stored = write_recipe(tmp_path, "stored", init=first["output"])
     stored.write_text(stored.read_text() + 'storage = "int8"\n')
     assert spacy.load(train(stored, log=lambda *a: None)["output"]).get_pipe("ner").cfg["storage"] == "int8"
+    from ner.training.thresholds import write_thresholds
+
+    write_thresholds(first["output"], tmp_path / "tuned", "ner", 0.5, {"PER": 0.9})
+    again = train(write_recipe(tmp_path, "again", init=str(tmp_path / "tuned")), log=lambda *a: None)
+    assert spacy.load(again["output"]).get_pipe("ner").cfg["label_thresholds"] == {}  # chosen afresh, not inherited
     with pytest.raises(ValueError, match="labels"):
         recipe = write_recipe(tmp_path, "third", init=first["output"])
         recipe.write_text(recipe.read_text().replace('"MISC"]', '"MISC", "DATE"]'))

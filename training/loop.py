@@ -231,6 +231,7 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         grow_variants(ner, list(pipeline["labels"]), encoder["init"])
         if "active_labels" in pipeline:
             ner.cfg["active_labels"] = pipeline["active_labels"]
+        ner.cfg["label_thresholds"] = {}  # chosen for the init's weights; this run chooses its threshold afresh
         if recipe.get("output", {}).get("storage"):  # how this run is saved (the init's, unless the recipe says)
             ner.cfg["storage"] = recipe["output"]["storage"]
         sources = nlp.meta.get("sources", [])  # every stage's training data, each named once
