@@ -144,32 +144,32 @@ def boundary_targets(batch_spans, n_words: int, labels: list[str]) -> torch.Tens
 def boundary_candidates(probs: np.ndarray, labels: list[str], threshold, max_length: int, allowed=None,
                         inside: str = "all"):
     """[(score, start, end_exclusive, label)]: for every word whose start score passes the
-    threshold (one number, or one per label), the span to the first word at or after it whose end score passes, provided
-    the words from start to end score inside: with ``inside="all"`` every one of them
+    threshold (one number, or one per label), the span to the first word at or after it
+    whose end score passes, provided the words from start to end score inside: with ``inside="all"`` every one of them
     passes the threshold; with ``"mean"`` their mean inside score does, so a 100-word
     entity survives a few words that dip below it, while a start paired across outside
     words (its own end missed) is still refused: those words pull the mean down.
     Linear in the number of words."""
     n_words = probs.shape[0]
-    per_label = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(labels),))
+    cuts = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (len(labels),))
     found = []
     for j, label in enumerate(labels):
         if allowed is not None and label not in allowed:
             continue
-        threshold = per_label[j]
+        cut = cuts[j]
         start_p, end_p, inside_p = probs[:, START, j], probs[:, END, j], probs[:, INSIDE, j]
-        starts = np.nonzero(start_p >= threshold)[0]
+        starts = np.nonzero(start_p >= cut)[0]
         if not len(starts):
             continue
-        next_end = _next_true(end_p >= threshold)
-        next_break = _next_true(inside_p < threshold)
+        next_end = _next_true(end_p >= cut)
+        next_break = _next_true(inside_p < cut)
         inside_sum = np.concatenate([[0.0], np.cumsum(inside_p, dtype=np.float64)])
         for s in starts:
             e = next_end[s]
             if e >= n_words or e - s + 1 > max_length or (inside == "all" and next_break[s] < e):
                 continue
             mean_inside = (inside_sum[e + 1] - inside_sum[s]) / (e - s + 1)
-            if inside == "mean" and mean_inside < threshold:
+            if inside == "mean" and mean_inside < cut:
                 continue
             score = float((start_p[s] * end_p[e] * mean_inside) ** (1 / 3))
             found.append((score, int(s), int(e + 1), label))

@@ -153,21 +153,18 @@ def config_overrides(items: list[str]) -> dict:
     dotted config keys as spacy.load takes them; a value is read as JSON where it parses."""
     import json
 
-    overrides: dict = {}
+    from spacy.util import dot_to_dict
+
+    dotted = {}
     for item in items:
         key, equals, value = item.partition("=")
         if not equals or not key or key.startswith(".") or key.endswith(".") or ".." in key:
             raise ValueError(f"--config {item!r}: expected SECTION.KEY=VALUE, e.g. components.ner.model.stride=224")
         try:
-            value = json.loads(value)
+            dotted[key] = json.loads(value)
         except json.JSONDecodeError:
-            pass  # a plain string
-        *sections, name = key.split(".")
-        target = overrides
-        for section in sections:
-            target = target.setdefault(section, {})
-        target[name] = value
-    return overrides
+            dotted[key] = value  # a plain string
+    return dot_to_dict(dotted)
 
 
 def _format_from_name(name: str, default: str) -> str:

@@ -114,29 +114,40 @@ def evaluate(nlp, records, *, batch_size: int = 16, progress=None, labels=None, 
     return scores
 
 
-def threshold_scores(component, records, thresholds, *, batch_size: int = 8) -> dict[float, Scores]:
-    """Scores of a span component at several decoding thresholds from a single prediction
-    pass over pre-tokenised records (for choosing the threshold on dev data). A record
-    whose ``labels`` are set (the types its dataset annotates) is decoded over those only."""
-    items = [(r.words, char_spans_to_word_spans(r.tokens, r.spans), getattr(r, "labels", None)) for r in records]
-    return model_threshold_scores(component.model, items, thresholds, component.cfg["decoding"], batch_size=batch_size)
+def dev_items(records) -> list[tuple]:
+    """``(words, gold word spans, annotated labels or None)`` of pre-tokenised records: what
+    threshold choice decodes (a record whose ``labels`` are set, the types its dataset
+    annotates, is decoded over those only)."""
+    return [(r.words, char_spans_to_word_spans(r.tokens, r.spans), getattr(r, "labels", None)) for r in records]
 
 
-def model_threshold_scores(model, items, thresholds, decoding: str = "flat", *, batch_size: int = 8) -> dict[float, Scores]:
-    """``threshold_scores`` for a bare span model (no spaCy) over ``(words, gold word
-    spans, annotated labels or None)`` items."""
-    scores = {t: Scores() for t in thresholds}
+def item_probabilities(model, items, *, batch_size: int = 8):
+    """``(item, probabilities)`` for every ``dev_items`` item, shortest first, in batches
+    of similar length."""
     items = sorted(items, key=lambda item: len(item[0]))
     model.eval()
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         with torch.inference_mode():
             probs, _, _ = model.predict([words for words, _, _ in chunk])
-        for (_, gold, allowed), doc_probs in zip(chunk, probs):
-            gold = [tuple(span) for span in gold]
-            for t in thresholds:
-                found = model.decode(doc_probs, t, decoding, allowed)
-                scores[t].add(gold, [(s, e, l) for s, e, l, _ in found])
+        yield from zip(chunk, probs)
+
+
+def threshold_scores(component, records, thresholds, *, batch_size: int = 8) -> dict[float, Scores]:
+    """Scores of a span component at several decoding thresholds from a single prediction
+    pass over pre-tokenised records (for choosing the threshold on dev data)."""
+    return model_threshold_scores(component.model, dev_items(records), thresholds, component.cfg["decoding"],
+                                  batch_size=batch_size)
+
+
+def model_threshold_scores(model, items, thresholds, decoding: str = "flat", *, batch_size: int = 8) -> dict[float, Scores]:
+    """``threshold_scores`` for a bare span model (no spaCy) over ``dev_items`` items."""
+    scores = {t: Scores() for t in thresholds}
+    for (_, gold, allowed), doc_probs in item_probabilities(model, items, batch_size=batch_size):
+        gold = [tuple(span) for span in gold]
+        for t in thresholds:
+            found = model.decode(doc_probs, t, decoding, allowed)
+            scores[t].add(gold, [(s, e, l) for s, e, l, _ in found])
     return scores
 
 

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ner.decoding import label_thresholds
+from ner.evaluation import item_probabilities
 
 GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -30,14 +30,9 @@ class DevPredictions:
 
     def __init__(self, model, items, decoding: str = "flat", *, batch_size: int = 8):
         self.model, self.decoding = model, decoding
-        self.items = sorted(items, key=lambda item: len(item[0]))
-        self.probs = []
-        model.eval()
-        for start in range(0, len(self.items), batch_size):
-            chunk = self.items[start : start + batch_size]
-            with torch.inference_mode():
-                probs, _, _ = model.predict([words for words, _, _ in chunk])
-            self.probs.extend(probs)
+        predicted = list(item_probabilities(model, items, batch_size=batch_size))
+        self.items = [item for item, _ in predicted]
+        self.probs = [probs for _, probs in predicted]
         self.gold = [{tuple(span) for span in gold} for _, gold, _ in self.items]
 
     def counts(self, thresholds, which=None) -> np.ndarray:
@@ -85,11 +80,12 @@ def choose_thresholds(dev: DevPredictions, labels: list[str], grid=GRID, *, per_
     best = micro_f1(counts)
     if not per_label:
         return threshold, own, best
-    tuned = [label for label in labels if dev.users(label)]
+    users_of = {label: dev.users(label) for label in labels}
+    tuned = [label for label in labels if users_of[label]]
     for round_ in range(passes):
         changed = False
         for label in tuned:
-            users = dev.users(label)
+            users = users_of[label]
             current = own.get(label, threshold)
             for t in grid:
                 if t == current:
@@ -165,16 +161,17 @@ def main(argv=None) -> int:
                              "of 0, 0.1, 0.2, 0.5 that does best across two halves of dev, or none at all where "
                              "one threshold for all labels does as well there")
     parser.add_argument("--dev", nargs="+", default=None, metavar="DATA",
-                        help="dev sets to choose on instead of the recipe's (dataset:split[:range], read with its [data] tables)")
+                        help="dev sets to choose on instead of the recipe's (dataset:split[:range], read with "
+                             "its [data] tables)")
     parser.add_argument("--backend", default=None, help="the backend whose probabilities decide (default: the pipeline's)")
     args = parser.parse_args(argv)
 
     import ner
     from ner.components import SpanNER
+    from ner.evaluation import dev_items
     from ner.loading import pipeline_path
-    from ner.zero_shot_component import ZeroShotNER
-    from ner.spans import char_spans_to_word_spans
     from ner.training.loop import read_recipe, recipe_records
+    from ner.zero_shot_component import ZeroShotNER
 
     recipe = read_recipe(args.recipe)
     records = recipe_records(recipe, "dev", names=args.dev)
@@ -183,8 +180,7 @@ def main(argv=None) -> int:
     if not found:
         raise SystemExit(f"{args.pipeline}: no span_ner component (a zero-shot pipeline takes its threshold per call)")
     name, component = found[0]
-    items = [(r.words, char_spans_to_word_spans(r.tokens, r.spans), getattr(r, "labels", None)) for r in records]
-    dev = DevPredictions(component.model, items, component.cfg["decoding"])
+    dev = DevPredictions(component.model, dev_items(records), component.cfg["decoding"])
     labels = list(component.model.labels)
     if not args.per_label:
         min_gain = 0.0
@@ -193,7 +189,8 @@ def main(argv=None) -> int:
     else:
         min_gain = float(args.min_gain) / 100
     threshold, own, f1 = choose_thresholds(dev, labels, per_label=min_gain is not None, min_gain=min_gain or 0.0)
-    print(f"{name}: threshold {threshold}, per label {own or 'none'}; dev micro F1 {100 * f1:.2f} over {len(records)} records")
+    print(f"{name}: threshold {threshold}, per label {own or 'none'}; dev micro F1 {100 * f1:.2f} "
+          f"over {len(records)} records")
     write_thresholds(pipeline_path(args.pipeline), args.output, name, threshold, own)
     print(f"written: {args.output}")
     return 0
