@@ -340,6 +340,26 @@ def test_a_recipe_that_trains_on_its_dev_data_keeps_its_last_epoch_and_threshold
     assert repeat["epochs"][0]["loss"] != result["epochs"][0]["loss"]
 
 
+def test_a_fixed_threshold_scores_each_dev_record_over_its_own_datasets_types(tmp_path, tiny_encoder_dir):
+    # a dev set that annotates PER only: a fixed threshold must not count the other types as errors
+    from ner.evaluation import evaluate, threshold_scores
+    from training.loop import recipe_records, read_recipe
+
+    recipe = write_recipe(tmp_path, "fixed", encoder=tiny_encoder_dir, training="tune_threshold = false")
+    text = recipe.read_text().replace('labels = ["PER", "ORG", "LOC", "MISC"]',
+                                      'labels = ["PER", "ORG", "LOC", "MISC"]\nthreshold = 0.05')
+    recipe.write_text(text + '[data.select.conll2003_en]\nlabels = ["PER"]\n')
+    logged = train(recipe, log=lambda *a: None)["epochs"][-1]
+    nlp = spacy.load(tmp_path / "fixed")
+    ner = nlp.get_pipe("ner")
+    dev = recipe_records(read_recipe(recipe), "dev")
+    assert all(r.labels == ["PER"] for r in dev)
+    scoped = threshold_scores(ner, dev, [0.05])[0.05].micro
+    unscoped = evaluate(nlp, dev).micro  # every type predicted: more false positives
+    assert logged["threshold"] == 0.05 and scoped["precision"] > unscoped["precision"]
+    assert logged["dev_f1"] == pytest.approx(scoped["f1"], abs=1e-6)
+
+
 def test_a_student_with_pruned_attention_heads_saves_and_loads_at_its_new_shape(tmp_path):
     tokenizer = tiny_tokenizer()
     tiny_transformer(len(tokenizer), hidden=64).save_pretrained(tmp_path / "encoder64")  # 2 heads of 32

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ner.decoding import base_labels
-from ner.evaluation import best_threshold, evaluate
+from ner.evaluation import best_threshold, threshold_scores
 from ner.training.batches import length_batches, make_segments
 
 DEV_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # the decoding threshold is chosen on dev
@@ -460,8 +460,9 @@ def train(recipe_path, *, output=None, epochs=None, limit=None, seed=None, log=p
         if settings.get("tune_threshold", True):
             threshold, dev_scores = best_threshold(ner, dev_records, thresholds=DEV_THRESHOLDS)
             ner.cfg["threshold"] = threshold
-        else:
-            threshold, dev_scores = ner.cfg["threshold"], evaluate(nlp, dev_records)
+        else:  # scored as the threshold choice scores: each dev record over its dataset's types
+            threshold = ner.cfg["threshold"]
+            dev_scores = threshold_scores(ner, dev_records, [threshold])[threshold]
         scores = dev_scores.micro
         entry = {"epoch": epoch, "loss": loss, "dev_f1": scores["f1"],
                  "dev_precision": scores["precision"], "dev_recall": scores["recall"], "threshold": threshold,
