@@ -17,6 +17,7 @@ arithmetic alone.
 | ``ner-kernels-int8-static`` | the same with static activation scales (``input_ranges=``, see ``static_int8``) | ``FusedSpanHead``, int8 (dynamic) |
 | ``ner-kernels-int8-attention`` | ``ner-kernels-int8`` with Q·Kᵀ and P·V on int8 operands too | ``FusedSpanHead``, int8 |
 | ``ner-kernels-int8-w7`` | ``ner-kernels-int8`` with weights on 63 levels (7 bits): on AVX2 without VNNI two products add in int16 before widening | ``FusedSpanHead``, int8, 7-bit weights |
+| ``ner-kernels-int8-a8`` | ``ner-kernels-int8`` with activations on 127 levels (8 bits) everywhere: on AVX2 without VNNI the weights then hold 63 (7 bits), so that vpmaddubsw's sums fit; with VNNI the same as ``ner-kernels-int8`` | ``FusedSpanHead``, int8 |
 
 ONNX Runtime takes any head whose ``forward`` takes the word vectors alone; the kernels
 have a fused form of ``SpanHead`` only, and leave other heads to PyTorch.
@@ -70,28 +71,29 @@ def _onnxruntime_head(quantize: bool):
     return build
 
 
-def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: bool = False, weight_levels: int = 127):
+def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: bool = False, weight_levels: int = 127,
+                             activation_levels: int | None = None):
     def build(transformer, *, block_k: int | None = None, kernels=None, input_ranges=None, **_options):
         from ner.kernels.packed_encoder import PackedBertEncoder
 
         if static and input_ranges is None:
             raise ValueError("backend 'ner-kernels-int8-static' needs input_ranges=: calibrate them on the fp32 "
                              "model with ner.kernels.static_int8.calibrate_input_ranges(model, words)")
-        return PackedBertEncoder(transformer, kernels or default_kernels(), dtype=dtype, block_k=block_k,
+        return PackedBertEncoder(transformer, kernels or default_kernels(activation_levels), dtype=dtype, block_k=block_k,
                                  input_ranges=input_ranges if static else None, int8_attention=int8_attention,
                                  weight_levels=weight_levels)
 
     return build
 
 
-def _ner_kernels_head(dtype: str, weight_levels: int = 127):
+def _ner_kernels_head(dtype: str, weight_levels: int = 127, activation_levels: int | None = None):
     def build(head, *, block_k: int | None = None, kernels=None, **_options):
         from ner.kernels.span_head import FusedSpanHead
         from ner.span_model import SpanHead
 
         if type(head) is not SpanHead:
             return head
-        return FusedSpanHead(head, kernels or default_kernels(), dtype=dtype, block_k=block_k,
+        return FusedSpanHead(head, kernels or default_kernels(activation_levels), dtype=dtype, block_k=block_k,
                              weight_levels=weight_levels)
 
     return build
@@ -108,15 +110,18 @@ BACKENDS: dict[str, Backend] = {
     # int8 attention too (Q·Kᵀ and P·V; softmax fp32): measured, not yet chosen by a pipeline
     "ner-kernels-int8-attention": Backend(_ner_kernels_transformer("int8", int8_attention=True), _ner_kernels_head("int8")),
     "ner-kernels-int8-w7": Backend(_ner_kernels_transformer("int8", weight_levels=63), _ner_kernels_head("int8", weight_levels=63)),
+    "ner-kernels-int8-a8": Backend(_ner_kernels_transformer("int8", activation_levels=127),
+                                   _ner_kernels_head("int8", activation_levels=127)),
 }
 
 
-def default_kernels():
-    """The C kernels when they build here, else the PyTorch reference (with a warning, once)."""
+def default_kernels(activation_levels: int | None = None):
+    """The C kernels when they build here, else the PyTorch reference (with a warning, once);
+    ``activation_levels``: the int8 activations' levels (default: the kernels' own)."""
     from ner.kernels.native import native_kernels
     from ner.kernels.reference import ReferenceKernels
 
-    return native_kernels() or ReferenceKernels()
+    return native_kernels(activation_levels=activation_levels) or ReferenceKernels(activation_levels or 127)
 
 
 def apply_backend(model, name: str, **options):

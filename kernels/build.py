@@ -35,7 +35,7 @@ _SIGNATURES = {
     "nk_quantize_rows": ([_POINTER, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, _POINTER, _POINTER], None),
     "nk_quantize_rows_static": ([_POINTER, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_float, _POINTER,
                                  _POINTER], None),
-    "nk_linear_i8": ([_POINTER, _POINTER, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _POINTER,
+    "nk_linear_i8": ([_POINTER, _POINTER, ctypes.c_int32, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _POINTER,
                       _POINTER, _POINTER, ctypes.c_int32, _POINTER, _POINTER, _POINTER, _POINTER, ctypes.c_int32,
                       _POINTER], None),
     "nk_linear_i8_quantized": ([_POINTER, _POINTER, ctypes.c_int64, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32,

@@ -52,10 +52,18 @@ class _Matrix(ctypes.Structure):
 class NativeKernels(ReferenceKernels):
     name = "native"
 
-    def __init__(self, library):
-        super().__init__(activation_levels=library.nk_activation_levels())
+    def __init__(self, library, activation_levels: int | None = None):
+        """``activation_levels``: the int8 activations' steps each side of zero; by default the
+        most this CPU multiplies with 8-bit weights (127 with VNNI, 63 without). 127 without
+        VNNI is allowed when the weights hold at most 63 levels (``max_weight_levels``):
+        vpmaddubsw's int16 pair sums, 2 * 255 * 63, then still fit."""
+        super().__init__(activation_levels=activation_levels or library.nk_activation_levels())
         self.library = library
         self.capabilities = library.nk_capabilities()
+        has_vnni = bool(self.capabilities & 2)
+        if not 0 < self.activation_levels <= 127:
+            raise ValueError("activation_levels must be in 1..127")
+        self.max_weight_levels = 127 if has_vnni or self.activation_levels <= 63 else 63
 
     def linear(self, x, weight: BlockSparseWeight, *, epilogue="none", residual=None, quantize_output=False,
                out=None):
@@ -79,6 +87,10 @@ class NativeKernels(ReferenceKernels):
                                            _address(weight.bias), _address(residual), _EPILOGUE_CODES[epilogue],
                                            y.data_ptr())
             return self.quantize(y, out=out) if quantize_output else y
+        if weight.levels > self.max_weight_levels:
+            raise ValueError(f"int8 weights on {weight.levels} levels would overflow the int16 sums of "
+                             f"{self.activation_levels}-level activations on this CPU: pack them at "
+                             f"{self.max_weight_levels} levels or fewer (max_weight_levels)")
         q = x if quantized_input else self.quantize(x, input_range=weight.input_range)
         offset_sum = self._offset_sum(weight)  # held here: C reads it through its address
         int8_weight = (*common, weight.levels, weight.scale.data_ptr(), offset_sum.data_ptr(), _address(weight.bias))
@@ -92,7 +104,7 @@ class NativeKernels(ReferenceKernels):
                 return result
         y = _fp32_output(None if quantize_output else out, (n_rows, weight.n_out))
         if n_rows:
-            self.library.nk_linear_i8(q.integers.data_ptr(), q.scale.data_ptr(), n_rows, weight.n_in, weight.n_out,
+            self.library.nk_linear_i8(q.integers.data_ptr(), q.scale.data_ptr(), q.levels, n_rows, weight.n_in, weight.n_out,
                                       weight.block_k, *int8_weight, _address(residual), _EPILOGUE_CODES[epilogue],
                                       y.data_ptr())
         return self.quantize(y, out=out) if quantize_output else y
@@ -142,6 +154,10 @@ class NativeKernels(ReferenceKernels):
         """As ``ReferenceKernels.span_head``; ``start`` and ``end`` may be column slices of one
         matrix (rows the same distance apart), as ``FusedSpanHead`` passes them."""
         strided = start.stride(1) == 1 and end.stride(1) == 1 and start.stride(0) == end.stride(0)
+        too_many_levels = any(m.dtype == "int8" and m.levels > self.max_weight_levels for m in (classify_in, classify_out))
+        if too_many_levels:
+            raise ValueError(f"the span head's int8 weights hold more than {self.max_weight_levels} levels, "
+                             f"too many for {self.activation_levels}-level activations on this CPU")
         if start.device.type != "cpu" or classify_in.n_in % 8 or not strided or start.dtype != torch.float32:
             return super().span_head(start, end, width, n_words, classify_in, classify_out)
         width = width.contiguous().float()
@@ -161,7 +177,9 @@ class NativeKernels(ReferenceKernels):
         (fp32) or of 32 (``int8``)."""
         hidden = qkv.shape[1] // 3
         head_size = hidden // n_heads
-        if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or head_size % (32 if int8 else 8):
+        # int8: the keys hold 127 levels, so queries beyond max_weight_levels' bound go to the reference
+        queries_fit = self.max_weight_levels == 127
+        if qkv.device.type != "cpu" or qkv.dtype != torch.float32 or head_size % (32 if int8 else 8) or (int8 and not queries_fit):
             return super().attention(qkv, lengths, n_heads, int8=int8)
         qkv = qkv.contiguous()
         starts = torch.zeros(len(lengths) + 1, dtype=torch.int64)
@@ -177,7 +195,7 @@ class NativeKernels(ReferenceKernels):
         return out
 
 
-def native_kernels(extra_flags: tuple[str, ...] = ()) -> NativeKernels | None:
+def native_kernels(extra_flags: tuple[str, ...] = (), activation_levels: int | None = None) -> NativeKernels | None:
     """The C kernels, or None (with a warning, once) when they cannot be built here."""
     library = load_library(tuple(extra_flags))
-    return None if library is None else NativeKernels(library)
+    return None if library is None else NativeKernels(library, activation_levels)

@@ -48,7 +48,8 @@ class PackedBertEncoder(nn.Module):
         without them, per-row dynamic scales. ``int8_attention``: Q·Kᵀ and P·V on int8
         operands too (softmax in fp32; ``ReferenceKernels.attention``). ``weight_levels``
         (int8 only): the steps each side of zero of the weights: 127 (8 bits) or 63 (7 bits,
-        which the AVX2 kernels without VNNI multiply faster; see csrc/ner_kernels.c)."""
+        which the AVX2 kernels without VNNI multiply faster; see csrc/ner_kernels.c), at most
+        ``kernels.max_weight_levels``."""
         super().__init__()
         config = bert.config
         if getattr(config, "position_embedding_type", "absolute") != "absolute" or config.hidden_act != "gelu":
@@ -65,6 +66,9 @@ class PackedBertEncoder(nn.Module):
         self.position_embeddings = nn.Parameter(embeddings.position_embeddings.weight.detach().clone(), requires_grad=False)
         self.token_type_embeddings = nn.Parameter(embeddings.token_type_embeddings.weight.detach().clone(), requires_grad=False)
         self.embedding_norm = (embeddings.LayerNorm.weight.detach().clone(), embeddings.LayerNorm.bias.detach().clone())
+
+        # never more levels than the kernels multiply exactly at their activation levels
+        weight_levels = min(weight_levels, kernels.max_weight_levels)
 
         def pack(weight, bias):
             return BlockSparseWeight.from_dense(weight.detach(), bias.detach(), block_k=block_k, dtype=dtype,

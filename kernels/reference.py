@@ -19,9 +19,11 @@ EPILOGUES = ("none", "gelu", "residual")
 
 def quantize_rows(x: torch.Tensor, levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: (integers as fp32 in [-levels, levels], scale per row).
-    The reciprocal is multiplied, not divided, to round exactly as the C kernel does."""
+    The reciprocal is multiplied, not divided, to round exactly as the C kernel does; it is
+    ``levels / amax`` divided in fp32 (``levels / tensor`` in torch is ``reciprocal() * levels``,
+    one ulp off often enough to flip a rounding tie)."""
     amax = x.abs().amax(dim=1)
-    inverse = torch.where(amax > 0, levels / amax, torch.zeros_like(amax))
+    inverse = torch.where(amax > 0, torch.full_like(amax, levels) / amax, torch.zeros_like(amax))
     scale = torch.where(amax > 0, amax / levels, torch.zeros_like(amax))
     return torch.round(x * inverse[:, None]), scale
 
@@ -77,6 +79,7 @@ class ReferenceKernels:
 
     def __init__(self, activation_levels: int = 127):
         self.activation_levels = activation_levels
+        self.max_weight_levels = 127  # the int8 weights' levels these kernels multiply exactly
 
     def linear(self, x: torch.Tensor | QuantizedRows, weight: BlockSparseWeight, *, epilogue: str = "none",
                residual: torch.Tensor | None = None, quantize_output: bool = False, out=None):

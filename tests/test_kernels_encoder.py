@@ -118,6 +118,24 @@ def test_int8_encoder_stays_close_to_fp32(int8_attention):
     assert (got - expected).norm() / expected.norm() < 0.05
 
 
+def test_8_bit_activations_pack_the_weights_at_the_levels_the_cpu_can_sum():
+    """With 127-level activations the kernels without VNNI take 63-level weights (the encoder
+    and the span head pack them so), and the encoder stays as close to fp32 as with 8-bit weights."""
+    kernels = default_kernels(activation_levels=127)
+    if kernels.name != "native":
+        pytest.skip("the C kernels cannot be built here")
+    has_vnni = bool(kernels.capabilities & 2)
+    assert kernels.activation_levels == 127 and kernels.max_weight_levels == (127 if has_vnni else 63)
+    model = bert(heads=2, layers=3)
+    ids, mask = padded_batch([40, 22, 3], 40)
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).last_hidden_state[mask.bool()]
+        encoder = PackedBertEncoder(model, kernels, dtype="int8")
+        got = encoder.forward(ids, mask).last_hidden_state[mask.bool()]
+    assert {layer.qkv.levels for layer in encoder.layers} == {kernels.max_weight_levels}
+    assert (got - expected).norm() / expected.norm() < 0.05
+
+
 @pytest.fixture(scope="module")
 def trained_pipeline():
     contract = test_span_ner.TestEnglishContract()
@@ -135,7 +153,7 @@ def pipeline_outputs(nlp, words_batch):
 
 
 @pytest.mark.parametrize("backend,tolerance", [("ner-kernels", 1e-4), ("ner-kernels-int8", 0.1), ("ner-kernels-int8-attention", 0.1),
-                                               ("ner-kernels-int8-w7", 0.1),
+                                               ("ner-kernels-int8-w7", 0.1), ("ner-kernels-int8-a8", 0.1),
                                                ("torch-int8", 0.1)])
 def test_backend_keeps_windows_and_predictions(trained_pipeline, backend, tolerance):
     """A document longer than the 12-subword window goes through the same windows; the

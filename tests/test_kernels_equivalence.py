@@ -53,8 +53,9 @@ SHAPES = [(1, 32, 32, 16, 1.0), (37, 64, 96, 16, 0.5), (50, 384, 128, 16, 0.2), 
 def test_linear_matches_reference(native, dtype, levels, epilogue, rows, n_in, n_out, block_k, density):
     weight, bias = random_block_sparse(n_out, n_in, block_k, density)
     packed = BlockSparseWeight.from_dense(weight, bias, block_k=block_k, dtype=dtype, levels=levels)
-    x = torch.randn(rows, n_in) * 3
-    residual = torch.randn(rows, n_out)
+    generator = torch.Generator().manual_seed(rows * n_in)
+    x = torch.randn(rows, n_in, generator=generator) * 3
+    residual = torch.randn(rows, n_out, generator=generator)
     got = native.linear(x, packed, epilogue=epilogue, residual=residual)
     expected = ReferenceKernels(native.activation_levels).linear(x, packed, epilogue=epilogue, residual=residual)
     scale = x.abs() @ packed.dense().abs().T + bias.abs() + residual.abs() + 1e-3
@@ -83,6 +84,33 @@ def test_int8_sums_do_not_overflow_at_the_extremes(native, levels):
     x[1::2] = -1.0  # quantised to +levels / -levels (the unsigned 1 and 2 * levels + 1)
     packed = BlockSparseWeight.from_dense(weight, torch.zeros(64), dtype="int8", levels=levels)
     assert torch.allclose(native.linear(x, packed), x @ weight.T, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("levels", [127, 63])
+def test_8_bit_activations_take_weights_whose_int16_sums_fit(levels):
+    """127-level activations: without VNNI the weights may hold 63 levels at most (2 * 255 * 63
+    fits in int16); those sums are exact at the extremes and match the reference, and weights
+    beyond the bound are refused, not silently saturated."""
+    library = load_library(VARIANTS["avx2"])
+    if library is None:
+        pytest.skip("the C kernels cannot be built here (see the warning)")
+    kernels = NativeKernels(library, activation_levels=127)
+    assert kernels.max_weight_levels == 63
+    weight = torch.ones(64, 256)
+    weight[1::2] = -1.0
+    x = torch.ones(8, 256)
+    x[1::2] = -1.0
+    packed = BlockSparseWeight.from_dense(weight, torch.zeros(64), dtype="int8", levels=levels)
+    if levels > kernels.max_weight_levels:
+        with pytest.raises(ValueError, match="overflow"):
+            kernels.linear(x, packed)
+        return
+    assert torch.allclose(kernels.linear(x, packed), x @ weight.T, rtol=1e-5, atol=0)
+    weight, bias = random_block_sparse(96, 384, 16, 0.5)
+    packed = BlockSparseWeight.from_dense(weight, bias, dtype="int8", levels=levels)
+    x = torch.randn(50, 384) * 3
+    got, expected = kernels.linear(x, packed, epilogue="gelu"), ReferenceKernels(127).linear(x, packed, epilogue="gelu")
+    assert ((got - expected).abs() / (x.abs() @ packed.dense().abs().T + bias.abs() + 1e-3)).max() <= 2e-5
 
 
 def test_quantize_rows_is_bit_identical(native):

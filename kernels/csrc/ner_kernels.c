@@ -418,8 +418,11 @@ static void tile_i8_512(const uint8_t *x, int64_t ldx, int rows, int32_t block_k
 typedef void (*tile_i8_fn)(const uint8_t *, int64_t, int, int32_t, const int32_t *, int32_t, const int8_t *,
                            const float *, const float *, const int32_t *, const float *, const float *, int64_t, int,
                            float *);
-/* The int8 tile for weights of w_levels. */
-static tile_i8_fn tile_i8_for(int32_t w_levels) { return w_levels <= PAIRED_WEIGHT_LEVELS ? tile_i8_pairs : tile_i8; }
+/* The int8 tile for weights of w_levels times activations of a_levels: products are paired in
+ * int16 only when both are within PAIRED_WEIGHT_LEVELS (2 * 127 * 63 fits; 2 * 255 * 63 twice does not). */
+static tile_i8_fn tile_i8_for(int32_t w_levels, int32_t a_levels) {
+    return w_levels <= PAIRED_WEIGHT_LEVELS && a_levels <= PAIRED_WEIGHT_LEVELS ? tile_i8_pairs : tile_i8;
+}
 
 /* ---- block-sparse linear layers: fp32, and int8 with per-row activation quantisation -- */
 
@@ -522,11 +525,13 @@ void nk_quantize_rows_static(const float *x, int64_t n_rows, int32_t n_in, int32
     }
 }
 
-/* w_offset_sum[n] = offset * sum_k w[n, k]: what the activations' offset adds to row n. */
-void nk_linear_i8(const uint8_t *x, const float *x_scale, int64_t n_rows, int32_t n_in, int32_t n_out, int32_t block_k,
-                  const int32_t *row_ptr, const int32_t *col_block, const int8_t *values, int32_t w_levels, const float *w_scale,
-                  const int32_t *w_offset_sum, const float *bias, const float *residual, int32_t epilogue, float *y) {
-    const tile_i8_fn tile = tile_i8_for(w_levels);
+/* w_offset_sum[n] = offset * sum_k w[n, k]: what the activations' offset adds to row n;
+ * x_levels: the activations' levels (x_levels + 1 is that offset). */
+void nk_linear_i8(const uint8_t *x, const float *x_scale, int32_t x_levels, int64_t n_rows, int32_t n_in, int32_t n_out,
+                  int32_t block_k, const int32_t *row_ptr, const int32_t *col_block, const int8_t *values, int32_t w_levels,
+                  const float *w_scale, const int32_t *w_offset_sum, const float *bias, const float *residual,
+                  int32_t epilogue, float *y) {
+    const tile_i8_fn tile = tile_i8_for(w_levels, x_levels);
     const int64_t n_chunks = (n_rows + MC - 1) / MC;
     const int32_t n_block_rows = n_out / BO;
 #pragma omp parallel
@@ -558,7 +563,7 @@ int nk_linear_i8_quantized(const uint8_t *x, const float *x_scale, int64_t n_row
                            int32_t block_k, const int32_t *row_ptr, const int32_t *col_block, const int8_t *values,
                            int32_t w_levels, const float *w_scale, const int32_t *w_offset_sum, const float *bias, int32_t epilogue,
                            int32_t levels, uint8_t *y, float *y_scale) {
-    const tile_i8_fn tile = tile_i8_for(w_levels);
+    const tile_i8_fn tile = tile_i8_for(w_levels, levels);
     const int64_t n_chunks = (n_rows + MC - 1) / MC;
     const int32_t n_block_rows = n_out / BO;
     int failed = 0;
@@ -1046,8 +1051,8 @@ typedef struct {
 
 /* y[rows, n_out] = epilogue(x[rows, n_in] . w^T + bias) for rows <= MC, single-threaded;
  * an int8 matrix reads the quantised rows (xq, xs), an fp32 one the float rows (xf). */
-static void tile_matrix(const nk_matrix *w, const float *xf, const uint8_t *xq, const float *xs, int rows,
-                        int epilogue, float *y) {
+static void tile_matrix(const nk_matrix *w, const float *xf, const uint8_t *xq, const float *xs, int32_t x_levels,
+                        int rows, int epilogue, float *y) {
     for (int32_t nb = 0; nb < w->n_out / BO; nb++) {
         const int32_t first = w->row_ptr[nb], n_blocks = w->row_ptr[nb + 1] - first;
         const float *bias = w->bias ? w->bias + nb * BO : NULL;
@@ -1056,7 +1061,7 @@ static void tile_matrix(const nk_matrix *w, const float *xf, const uint8_t *xq, 
             const int tile_rows = rows - m < step ? rows - m : step;
             float *out = y + (int64_t)m * w->n_out + nb * BO;
             if (w->is_int8)
-                tile_i8_for(w->levels)(xq + (int64_t)m * w->n_in, w->n_in, tile_rows, w->block_k, w->col_block + first, n_blocks,
+                tile_i8_for(w->levels, x_levels)(xq + (int64_t)m * w->n_in, w->n_in, tile_rows, w->block_k, w->col_block + first, n_blocks,
                         (const int8_t *)w->values + (int64_t)first * w->block_k * BO, xs + m, w->scale + nb * BO,
                         w->offset_sum + nb * BO, bias, NULL, w->n_out, epilogue, out);
             else
@@ -1106,10 +1111,10 @@ int nk_span_head(const float *start, const float *end, int64_t ld, int64_t n_bat
             }
             if (classify_in->is_int8)
                 for (int t = 0; t < rows; t++) quantize_row(h0 + (int64_t)t * hidden, hidden, levels, q + (int64_t)t * hidden, qs + t);
-            tile_matrix(classify_in, h0, q, qs, rows, EPILOGUE_GELU, h1);
+            tile_matrix(classify_in, h0, q, qs, levels, rows, EPILOGUE_GELU, h1);
             if (classify_out->is_int8)
                 for (int t = 0; t < rows; t++) quantize_row(h1 + (int64_t)t * inner, inner, levels, q + (int64_t)t * inner, qs + t);
-            tile_matrix(classify_out, h1, q, qs, rows, EPILOGUE_NONE, logits + r0 * classify_out->n_out);
+            tile_matrix(classify_out, h1, q, qs, levels, rows, EPILOGUE_NONE, logits + r0 * classify_out->n_out);
         }
         free(h0);
         free(h1);
