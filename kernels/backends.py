@@ -17,6 +17,7 @@ arithmetic alone.
 | ``ner-kernels-int8-static`` | the same with static activation scales (``input_ranges=``, see ``static_int8``) | ``FusedSpanHead``, int8 (dynamic) |
 | ``ner-kernels-int8-attention`` | ``ner-kernels-int8`` with Q·Kᵀ and P·V on int8 operands too | ``FusedSpanHead``, int8 |
 | ``ner-kernels-int8-w7`` | ``ner-kernels-int8`` with weights on 63 levels (7 bits): on AVX2 without VNNI two products add in int16 before widening | ``FusedSpanHead``, int8, 7-bit weights |
+| ``ner-kernels-int8-fast`` | ``ner-kernels-int8`` with the weights on the levels this CPU multiplies fastest: 63 (as ``-w7``) on AVX2 without VNNI, 127 (as ``ner-kernels-int8``) with VNNI or without the C kernels | ``FusedSpanHead``, int8, the same levels |
 | ``ner-kernels-int8-a8`` | ``ner-kernels-int8`` with activations on 127 levels (8 bits) everywhere: on AVX2 without VNNI the weights then hold 63 (7 bits), so that vpmaddubsw's sums fit; with VNNI the same as ``ner-kernels-int8`` | ``FusedSpanHead``, int8 |
 
 ONNX Runtime takes any head whose ``forward`` takes the word vectors alone; the kernels
@@ -71,7 +72,7 @@ def _onnxruntime_head(quantize: bool):
     return build
 
 
-def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: bool = False, weight_levels: int = 127,
+def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: bool = False, weight_levels: int | None = 127,
                              activation_levels: int | None = None):
     def build(transformer, *, block_k: int | None = None, kernels=None, input_ranges=None, **_options):
         from ner.kernels.packed_encoder import PackedBertEncoder
@@ -86,7 +87,7 @@ def _ner_kernels_transformer(dtype: str, static: bool = False, int8_attention: b
     return build
 
 
-def _ner_kernels_head(dtype: str, weight_levels: int = 127, activation_levels: int | None = None):
+def _ner_kernels_head(dtype: str, weight_levels: int | None = 127, activation_levels: int | None = None):
     def build(head, *, block_k: int | None = None, kernels=None, **_options):
         from ner.kernels.span_head import FusedSpanHead
         from ner.span_model import SpanHead
@@ -110,6 +111,8 @@ BACKENDS: dict[str, Backend] = {
     # int8 attention too (Q·Kᵀ and P·V; softmax fp32): measured, not yet chosen by a pipeline
     "ner-kernels-int8-attention": Backend(_ner_kernels_transformer("int8", int8_attention=True), _ner_kernels_head("int8")),
     "ner-kernels-int8-w7": Backend(_ner_kernels_transformer("int8", weight_levels=63), _ner_kernels_head("int8", weight_levels=63)),
+    "ner-kernels-int8-fast": Backend(_ner_kernels_transformer("int8", weight_levels=None),
+                                     _ner_kernels_head("int8", weight_levels=None)),
     "ner-kernels-int8-a8": Backend(_ner_kernels_transformer("int8", activation_levels=127),
                                    _ner_kernels_head("int8", activation_levels=127)),
 }

@@ -64,6 +64,8 @@ class NativeKernels(ReferenceKernels):
         if not 0 < self.activation_levels <= 127:
             raise ValueError("activation_levels must be in 1..127")
         self.max_weight_levels = 127 if has_vnni or self.activation_levels <= 63 else 63
+        # without VNNI, 7-bit weights let two products add in int16 before widening (the paired tile)
+        self.fastest_weight_levels = 127 if has_vnni else 63
 
     def linear(self, x, weight: BlockSparseWeight, *, epilogue="none", residual=None, quantize_output=False,
                out=None):

@@ -38,7 +38,7 @@ class PackedLayer:
 class PackedBertEncoder(nn.Module):
     def __init__(self, bert, kernels, *, dtype: str = "fp32", block_k: int | None = None,
                  input_ranges: dict[str, float] | None = None, int8_attention: bool = False,
-                 weight_levels: int = 127):
+                 weight_levels: int | None = 127):
         """``bert``: a ``transformers.BertModel`` (absolute positions, GELU); its weights are
         copied. ``kernels``: ``NativeKernels`` or ``ReferenceKernels``. ``dtype``: "fp32" or
         "int8" for the linear layers; embeddings, layer norms, GELU, softmax and residual
@@ -49,7 +49,7 @@ class PackedBertEncoder(nn.Module):
         operands too (softmax in fp32; ``ReferenceKernels.attention``). ``weight_levels``
         (int8 only): the steps each side of zero of the weights: 127 (8 bits) or 63 (7 bits,
         which the AVX2 kernels without VNNI multiply faster; see csrc/ner_kernels.c), at most
-        ``kernels.max_weight_levels``."""
+        ``kernels.max_weight_levels``; None: ``kernels.fastest_weight_levels``."""
         super().__init__()
         config = bert.config
         if getattr(config, "position_embedding_type", "absolute") != "absolute" or config.hidden_act != "gelu":
@@ -67,8 +67,7 @@ class PackedBertEncoder(nn.Module):
         self.token_type_embeddings = nn.Parameter(embeddings.token_type_embeddings.weight.detach().clone(), requires_grad=False)
         self.embedding_norm = (embeddings.LayerNorm.weight.detach().clone(), embeddings.LayerNorm.bias.detach().clone())
 
-        # never more levels than the kernels multiply exactly at their activation levels
-        weight_levels = min(weight_levels, kernels.max_weight_levels)
+        weight_levels = kernels.int8_weight_levels(weight_levels)
 
         def pack(weight, bias):
             return BlockSparseWeight.from_dense(weight.detach(), bias.detach(), block_k=block_k, dtype=dtype,

@@ -79,7 +79,13 @@ class ReferenceKernels:
 
     def __init__(self, activation_levels: int = 127):
         self.activation_levels = activation_levels
-        self.max_weight_levels = 127  # the int8 weights' levels these kernels multiply exactly
+        self.max_weight_levels = 127  # the most int8 weight levels these kernels multiply exactly
+        self.fastest_weight_levels = 127  # the weight levels they multiply fastest
+
+    def int8_weight_levels(self, requested: int | None) -> int:
+        """The levels int8 weights are packed at for ``requested`` (None: the fastest here),
+        never more than ``max_weight_levels``."""
+        return min(self.fastest_weight_levels if requested is None else requested, self.max_weight_levels)
 
     def linear(self, x: torch.Tensor | QuantizedRows, weight: BlockSparseWeight, *, epilogue: str = "none",
                residual: torch.Tensor | None = None, quantize_output: bool = False, out=None):

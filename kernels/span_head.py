@@ -19,17 +19,18 @@ _CLASSIFIER_LAYOUT = (nn.GELU, nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Li
 
 
 class FusedSpanHead(nn.Module):
-    def __init__(self, head, kernels, *, dtype: str = "fp32", block_k: int | None = None, weight_levels: int = 127):
+    def __init__(self, head, kernels, *, dtype: str = "fp32", block_k: int | None = None,
+                 weight_levels: int | None = 127):
         """``head``: a ``ner.span_model.SpanHead`` (weights copied); ``kernels``: ``NativeKernels``
         or ``ReferenceKernels``; ``weight_levels``: int8 weights' steps each side of zero (127 or 63; at most
-        ``kernels.max_weight_levels``)."""
+        ``kernels.max_weight_levels``; None: ``kernels.fastest_weight_levels``)."""
         super().__init__()
         layers = tuple(type(layer) for layer in head.classify)
         if layers != _CLASSIFIER_LAYOUT or any(g.approximate != "none" for g in head.classify if isinstance(g, nn.GELU)):
             raise ValueError(f"FusedSpanHead expects a classifier laid out as {[t.__name__ for t in _CLASSIFIER_LAYOUT]}")
         self.kernels = kernels
         self.workspace = Workspace()
-        weight_levels = min(weight_levels, kernels.max_weight_levels)
+        weight_levels = kernels.int8_weight_levels(weight_levels)
         self.max_width = head.max_width
         self.hidden = head.start.out_features
         classify_in, classify_out = head.classify[2], head.classify[5]

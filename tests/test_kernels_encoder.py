@@ -136,6 +136,24 @@ def test_8_bit_activations_pack_the_weights_at_the_levels_the_cpu_can_sum():
     assert (got - expected).norm() / expected.norm() < 0.05
 
 
+def test_the_fast_backend_packs_weights_at_the_levels_this_cpu_multiplies_fastest():
+    """``ner-kernels-int8-fast``: 7-bit weights on AVX2 without VNNI (the paired int16 tile), 8-bit
+    with VNNI and in the PyTorch reference; never beyond what the activations allow."""
+    from ner.kernels.span_head import FusedSpanHead
+    from ner.span_model import SpanHead
+
+    assert ReferenceKernels().int8_weight_levels(None) == 127
+    kernels = default_kernels()
+    if kernels.name == "native":
+        has_vnni = bool(kernels.capabilities & 2)
+        assert kernels.int8_weight_levels(None) == (127 if has_vnni else 63)
+        assert default_kernels(activation_levels=127).int8_weight_levels(127) == (127 if has_vnni else 63)
+    head = SpanHead(32, 32, 3, 4, 0.1)
+    fused = FusedSpanHead(head, kernels, dtype="int8", weight_levels=None)
+    encoder = PackedBertEncoder(bert(heads=2, layers=1), kernels, dtype="int8", weight_levels=None)
+    assert fused.classify_in.levels == encoder.layers[0].qkv.levels == kernels.int8_weight_levels(None)
+
+
 @pytest.fixture(scope="module")
 def trained_pipeline():
     contract = test_span_ner.TestEnglishContract()
@@ -154,6 +172,7 @@ def pipeline_outputs(nlp, words_batch):
 
 @pytest.mark.parametrize("backend,tolerance", [("ner-kernels", 1e-4), ("ner-kernels-int8", 0.1), ("ner-kernels-int8-attention", 0.1),
                                                ("ner-kernels-int8-w7", 0.1), ("ner-kernels-int8-a8", 0.1),
+                                               ("ner-kernels-int8-fast", 0.1),
                                                ("torch-int8", 0.1)])
 def test_backend_keeps_windows_and_predictions(trained_pipeline, backend, tolerance):
     """A document longer than the 12-subword window goes through the same windows; the
