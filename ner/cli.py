@@ -74,7 +74,8 @@ def main(argv=None) -> int:
                                "its texts' sentence order, scored with each sentence's neighbours as context)")
     evaluate.add_argument("--json", dest="json_path", default=None, help="also write the scores as JSON")
     evaluate.add_argument("--backend", default=None,
-                          help="inference backend (torch, torch-int8, onnxruntime[-int8], ner-kernels[-int8]); "
+                          help="inference backend (torch, torch-int8, onnxruntime[-int8], ner-kernels[-int8], "
+                               "ner-kernels-int8-fast, ...: ner.kernels.BACKENDS); "
                                "default: the one the pipeline's config names")
     evaluate.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                           help="a config override as spacy.load takes it, e.g. components.ner.model.stride=224 "
