@@ -49,6 +49,19 @@ def test_spacy_load_by_path_equals_ner_load(en):
     assert entities(nlp(text)) == entities(en(text))
 
 
+def test_each_shipped_pipeline_loads_on_the_backend_its_config_names(en):
+    from ner.kernels import BACKENDS
+
+    for name in shipped_pipelines():
+        components = spacy.util.load_config(PIPELINES / name / "config.cfg")["components"]
+        assert "ner" not in components or components["ner"]["backend"] in BACKENDS, name
+    model = en.get_pipe("ner").model
+    assert model.backend == spacy.util.load_config(PIPELINES / "en" / "config.cfg")["components"]["ner"]["backend"]
+    if model.backend == "ner-kernels-int8-fast":  # the weights at the levels this CPU multiplies fastest
+        encoder = model.encoder.transformer
+        assert {layer.qkv.levels for layer in encoder.layers} == {encoder.kernels.int8_weight_levels(None)}
+
+
 def test_en_on_pretokenised_doc(en):
     doc = Doc(en.vocab, words="Barack Obama visited Paris with Apple executives".split())
     for _, component in en.pipeline:
