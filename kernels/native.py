@@ -60,12 +60,12 @@ class NativeKernels(ReferenceKernels):
         super().__init__(activation_levels=activation_levels or library.nk_activation_levels())
         self.library = library
         self.capabilities = library.nk_capabilities()
-        has_vnni = bool(self.capabilities & 2)
+        self.has_vnni = bool(self.capabilities & 2)  # nk_capabilities' VNNI bit
         if not 0 < self.activation_levels <= 127:
             raise ValueError("activation_levels must be in 1..127")
-        self.max_weight_levels = 127 if has_vnni or self.activation_levels <= 63 else 63
+        self.max_weight_levels = 127 if self.has_vnni or self.activation_levels <= 63 else 63
         # without VNNI, 7-bit weights let two products add in int16 before widening (the paired tile)
-        self.fastest_weight_levels = 127 if has_vnni else 63
+        self.fastest_weight_levels = 127 if self.has_vnni else 63
 
     def linear(self, x, weight: BlockSparseWeight, *, epilogue="none", residual=None, quantize_output=False,
                out=None):

@@ -124,8 +124,7 @@ def test_8_bit_activations_pack_the_weights_at_the_levels_the_cpu_can_sum():
     kernels = default_kernels(activation_levels=127)
     if kernels.name != "native":
         pytest.skip("the C kernels cannot be built here")
-    has_vnni = bool(kernels.capabilities & 2)
-    assert kernels.activation_levels == 127 and kernels.max_weight_levels == (127 if has_vnni else 63)
+    assert kernels.activation_levels == 127 and kernels.max_weight_levels == (127 if kernels.has_vnni else 63)
     model = bert(heads=2, layers=3)
     ids, mask = padded_batch([40, 22, 3], 40)
     with torch.no_grad():
@@ -145,9 +144,8 @@ def test_the_fast_backend_packs_weights_at_the_levels_this_cpu_multiplies_fastes
     assert ReferenceKernels().int8_weight_levels(None) == 127
     kernels = default_kernels()
     if kernels.name == "native":
-        has_vnni = bool(kernels.capabilities & 2)
-        assert kernels.int8_weight_levels(None) == (127 if has_vnni else 63)
-        assert default_kernels(activation_levels=127).int8_weight_levels(127) == (127 if has_vnni else 63)
+        assert kernels.int8_weight_levels(None) == (127 if kernels.has_vnni else 63)
+        assert default_kernels(activation_levels=127).int8_weight_levels(127) == (127 if kernels.has_vnni else 63)
     head = SpanHead(32, 32, 3, 4, 0.1)
     fused = FusedSpanHead(head, kernels, dtype="int8", weight_levels=None)
     encoder = PackedBertEncoder(bert(heads=2, layers=1), kernels, dtype="int8", weight_levels=None)
