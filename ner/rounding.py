@@ -11,14 +11,19 @@ they can. Each row's largest entry is rounded first and left unchanged (it sits 
 exactly), so the row keeps its scale and saving the result as int8 stores exactly these
 integers.
 
+The same rounding to 63 levels (``levels=63``) prepares weights for the 7-bit weight kernels
+(``ner-kernels-int8-w7``): packing int8 weights at 63 levels at load otherwise rounds a
+second time, entry by entry.
+
     report = round_for_int8(span_model, calibration_words)   # weights changed in place
+    report = round_for_int8(span_model, calibration_words, levels=63)
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ner.weights import INT8_MIN_NUMEL, int8_rows
+from ner.weights import INT8_MIN_NUMEL
 
 
 def observe_linear_inputs(model: nn.Module, words: list[list[str]], linears: dict[str, nn.Linear], observe,
@@ -55,24 +60,25 @@ def input_moments(model: nn.Module, words: list[list[str]], linears: dict[str, n
     return {name: sums[name] / max(counts[name], 1) for name in linears}
 
 
-def round_weight(weight: torch.Tensor, moment: torch.Tensor, damping: float = 0.01) -> torch.Tensor:
-    """``weight`` (out, in) rounded to its per-row int8 grid, column errors spread by
-    ``moment`` (in, in); returned as floats on the grid."""
+def round_weight(weight: torch.Tensor, moment: torch.Tensor, damping: float = 0.01, levels: int = 127) -> torch.Tensor:
+    """``weight`` (out, in) rounded to its per-row grid of ``levels`` steps each side of zero
+    (127: int8 storage's; 63: the 7-bit weights AVX2 without VNNI multiplies fastest),
+    column errors spread by ``moment`` (in, in); returned as floats on the grid."""
     w = weight.detach().to(torch.float64).clone()
-    scale = int8_rows(w)[1].squeeze(1)
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / levels
     n_in = w.shape[1]
     h = moment.clone()
     dead = torch.diag(h) == 0  # inputs never seen: nothing to preserve
     h[dead, dead] = 1.0
     h += damping * torch.diag(h).mean() * torch.eye(n_in, dtype=h.dtype)
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    # Each row's largest entry keeps its value (it is on the grid: ±127 × scale).
+    # Each row's largest entry keeps its value (it is on the grid: ±levels × scale).
     keep = torch.zeros_like(w, dtype=torch.bool)
     keep[torch.arange(w.shape[0]), w.abs().argmax(dim=1)] = True
     free = (~keep).to(w.dtype)
     for j in range(n_in):
         column = w[:, j]
-        rounded = torch.round(column / scale).clamp(-127, 127) * scale
+        rounded = torch.round(column / scale).clamp(-levels, levels) * scale
         error = (column - rounded) / inverse[j, j]
         w[:, j] = rounded
         if j + 1 < n_in:
@@ -80,24 +86,35 @@ def round_weight(weight: torch.Tensor, moment: torch.Tensor, damping: float = 0.
     return w.to(weight.dtype)
 
 
-def round_for_int8(model: nn.Module, words: list[list[str]], *, batch_size: int = 8, damping: float = 0.01) -> dict:
+def round_for_int8(model: nn.Module, words: list[list[str]], *, batch_size: int = 8, damping: float = 0.01,
+                   levels: int = 127) -> dict:
     """Round every linear layer of a span model (``model.predict(words)``) that int8 storage
-    quantises, in place, calibrated on ``words`` (a list of pre-tokenised texts). Returns,
-    per layer, the mean squared output change on the calibration inputs of plain rounding and
-    of this rounding (computed from the input moments)."""
+    quantises, in place, calibrated on ``words`` (a list of pre-tokenised texts), to
+    ``levels`` steps each side of zero per row. Returns, per layer, the mean squared output
+    change on the calibration inputs of plain rounding and of this rounding (computed from
+    the input moments), both at ``levels``.
+
+    At 63 levels the weights still fit int8 storage (127 steps): each stored integer lies
+    within half a step of twice the 63-level one, so packing them again at 63 levels
+    (``ner-kernels-int8-w7``) gives back exactly these weights."""
     linears = {name: m for name, m in model.named_modules()
                if isinstance(m, nn.Linear) and m.weight.numel() >= INT8_MIN_NUMEL}
     moments = input_moments(model, words, linears, batch_size=batch_size)
     report = {}
     for name, module in linears.items():
         weight = module.weight.data
-        integers, scale = int8_rows(weight)
-        plain = integers * scale
-        better = round_weight(weight, moments[name], damping)
+        plain = plain_rounding(weight, levels)
+        better = round_weight(weight, moments[name], damping, levels)
         report[name] = {"plain": output_error(weight, plain, moments[name]),
                         "calibrated": output_error(weight, better, moments[name])}
         module.weight.data.copy_(better)
     return report
+
+
+def plain_rounding(weight: torch.Tensor, levels: int = 127) -> torch.Tensor:
+    """``weight`` rounded entry by entry to its per-row grid of ``levels`` steps each side of zero."""
+    scale = weight.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / levels
+    return torch.round(weight / scale).clamp(-levels, levels) * scale
 
 
 def output_error(weight: torch.Tensor, rounded: torch.Tensor, moment: torch.Tensor) -> float:

@@ -3,7 +3,7 @@ calibration inputs, and stored by int8 storage exactly as rounded."""
 import torch
 
 from conftest import tiny_tokenizer, tiny_transformer
-from ner.rounding import output_error, round_for_int8, round_weight
+from ner.rounding import output_error, plain_rounding, round_for_int8, round_weight
 from ner.weights import load_weights, save_weights
 
 
@@ -60,3 +60,22 @@ def test_a_span_model_is_rounded_in_place_layer_by_layer():
     scale = before.abs().amax(dim=1, keepdim=True) / 127.0
     assert torch.allclose(query / scale, (query / scale).round(), atol=1e-3)
     model.predict(words[:2])  # still runs
+
+
+def test_weights_rounded_to_63_levels_survive_int8_storage_and_pack_exactly_at_63(tmp_path):
+    from kernels.block_sparse import BlockSparseWeight
+
+    torch.manual_seed(2)
+    weight = torch.randn(64, 128)
+    x = correlated_inputs(128, seed=2).double()
+    moment = x.T @ x / x.shape[0]
+    rounded = round_weight(weight, moment, levels=63)
+    scale = weight.abs().amax(dim=1, keepdim=True) / 63.0
+    integers = rounded / scale
+    assert torch.allclose(integers, integers.round(), atol=1e-3) and integers.abs().max() <= 63 + 1e-3
+    assert output_error(weight, rounded, moment) < 0.8 * output_error(weight, plain_rounding(weight, 63), moment)
+    save_weights({"w": rounded}, tmp_path / "w.safetensors", "int8")  # stored on 127 steps
+    stored = load_weights(tmp_path / "w.safetensors")["w"]
+    assert not torch.allclose(stored, rounded, rtol=0, atol=1e-6)
+    packed = BlockSparseWeight.from_dense(stored, dtype="int8", levels=63).dense()
+    assert torch.allclose(packed, rounded.float(), rtol=0, atol=1e-6)

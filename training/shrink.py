@@ -7,12 +7,15 @@ pieces (fewer than the recipe kept while training), slice the embedding table, r
     python -m ner.training.shrink training/en.toml runs/en pipelines/en --extra-pieces 1500 --backend ner-kernels-int8
     python -m ner.training.shrink training/long-span-stage3.toml runs/long-span-stage3 pipelines/long-span --extra-pieces 1500 --threshold 0.7 --backend ner-kernels-int8
     python -m ner.training.shrink training/en.toml runs/en-wikineural4 pipelines/en --extra-pieces 1500 --calibrate 200 --backend ner-kernels-int8
+    python -m ner.training.shrink training/en.toml pipelines/en runs/en-w7 --keep-vocabulary --calibrate 200 --weight-levels 63 --backend ner-kernels-int8-w7
 
 Only the embedding rows of dropped pieces go; every other weight is unchanged. Words made
 of kept pieces tokenise as before; the model card's scores are measured after shrinking.
 With ``--calibrate N`` (int8 storage of a run saved in fp32) the linear layers are rounded
 to their int8 grid error-aware, on the first N training records (``ner.rounding``), rather
-than entry by entry when saved.
+than entry by entry when saved; ``--weight-levels 63`` rounds them that way to 63 levels each
+side of zero, for the 7-bit weight kernels (``ner-kernels-int8-w7``), which then pack exactly
+those weights instead of rounding the stored ones a second time.
 """
 from __future__ import annotations
 
@@ -38,7 +41,14 @@ def main(argv=None) -> int:
                         help="the inference backend the output loads on (ner.kernels.BACKENDS; default: the pipeline's)")
     parser.add_argument("--calibrate", type=int, default=0, metavar="N",
                         help="round the linear layers to int8 error-aware, calibrated on the first N training records")
+    parser.add_argument("--weight-levels", type=int, default=127, choices=[127, 63],
+                        help="with --calibrate: the levels each side of zero the linear layers are rounded to "
+                             "(63: for ner-kernels-int8-w7)")
+    parser.add_argument("--keep-vocabulary", action="store_true",
+                        help="keep every piece (a pipeline shrunk before: only its weights are rounded again)")
     args = parser.parse_args(argv)
+    if args.weight_levels != 127 and not args.calibrate:
+        parser.error("--weight-levels chooses the grid --calibrate rounds to: give --calibrate N too")
     if args.threshold is not None and args.tune_threshold:
         parser.error("--threshold sets the threshold, --tune-threshold chooses it: give one")
 
@@ -55,17 +65,18 @@ def main(argv=None) -> int:
         encoder = getattr(getattr(component, "model", None), "encoder", None)
         if encoder is None:
             continue
-        keep = vocabulary_pieces(encoder.tokenizer, records, args.extra_pieces, args.most_frequent)
         before = len(encoder.tokenizer)
-        transformer, tokenizer = trim_vocabulary(encoder.transformer, encoder.tokenizer, keep)
-        head = component.model.head
-        component.set_model(transformer, tokenizer)
-        component.model.head = head
+        if not args.keep_vocabulary:
+            keep = vocabulary_pieces(encoder.tokenizer, records, args.extra_pieces, args.most_frequent)
+            transformer, tokenizer = trim_vocabulary(encoder.transformer, encoder.tokenizer, keep)
+            head = component.model.head
+            component.set_model(transformer, tokenizer)
+            component.model.head = head
         if args.storage:
             component.cfg["storage"] = args.storage
-        print(f"{component.name}: {before} → {len(tokenizer)} pieces")
+        print(f"{component.name}: {before} → {len(component.model.encoder.tokenizer)} pieces")
         if args.calibrate:
-            calibrate(component, records[: args.calibrate])
+            calibrate(component, records[: args.calibrate], args.weight_levels)
         if args.threshold is not None:
             component.cfg["threshold"] = args.threshold
         if args.tune_threshold:
@@ -80,15 +91,15 @@ def main(argv=None) -> int:
     return 0
 
 
-def calibrate(component, records) -> None:
+def calibrate(component, records, levels: int = 127) -> None:
     from ner.rounding import round_for_int8
 
     if not component.cfg["storage"].startswith("int8"):
         raise SystemExit(f"--calibrate rounds for int8 storage; {component.name} stores {component.cfg['storage']}")
-    report = round_for_int8(component.model, [r.words for r in records])
+    report = round_for_int8(component.model, [r.words for r in records], levels=levels)
     plain = sum(layer["plain"] for layer in report.values())
     calibrated = sum(layer["calibrated"] for layer in report.values())
-    print(f"{component.name}: {len(report)} linear layers rounded on {len(records)} records; summed output "
+    print(f"{component.name}: {len(report)} linear layers rounded to {levels} levels on {len(records)} records; summed output "
           f"error {plain:.3g} (plain rounding) → {calibrated:.3g}")
 
 
