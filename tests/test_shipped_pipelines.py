@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import spacy
+import torch
 from spacy.tokens import Doc
 
 import ner
@@ -58,9 +59,29 @@ def test_each_shipped_pipeline_names_a_backend_and_en_loads_on_its_own(en):
     model = en.get_pipe("ner").model
     assert model.backend == spacy.util.load_config(PIPELINES / "en" / "config.cfg")["components"]["ner"]["backend"]
     encoder = model.encoder.transformer
-    # int8: 8-bit weights; -fast: the levels this CPU multiplies fastest (7-bit on AVX2 without VNNI)
-    requested = {"ner-kernels-int8": 127, "ner-kernels-int8-fast": None}[model.backend]
+    # int8: 8-bit weights; -fast: the levels this CPU multiplies fastest (7-bit on AVX2 without VNNI); -w7: 7-bit
+    requested = {"ner-kernels-int8": 127, "ner-kernels-int8-fast": None, "ner-kernels-int8-w7": 63}[model.backend]
     assert {layer.qkv.levels for layer in encoder.layers} == {encoder.kernels.int8_weight_levels(requested)}
+
+
+def test_pipelines_on_7_bit_weights_store_weights_rounded_to_63_levels():
+    """A pipeline on ``ner-kernels-int8-w7`` ships linear weights rounded to 63 levels (``shrink --weight-levels 63``):
+    each stored int8 integer lies within a quarter step of twice a 63-level one, so packing at 63 levels gives
+    them back exactly. Weights rounded to 127 levels miss that by up to half a step."""
+    from safetensors.torch import load_file
+
+    on_w7 = [name for name in shipped_pipelines()
+             if spacy.util.load_config(PIPELINES / name / "config.cfg")["components"].get("ner", {}).get("backend")
+             == "ner-kernels-int8-w7"]
+    assert "en" in on_w7
+    for name in on_w7:
+        stored = load_file(str(PIPELINES / name / "ner" / "model.safetensors"))
+        matrices = [tensor for key, tensor in stored.items()
+                    if tensor.dtype == torch.int8 and "embeddings" not in key]  # the linear layers' weights
+        assert len(matrices) > 12, name
+        for integers in matrices:
+            halved = integers.float() * 63 / 127
+            assert (halved - halved.round()).abs().max() <= 0.25, name
 
 
 def test_en_on_pretokenised_doc(en):

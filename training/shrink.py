@@ -12,7 +12,8 @@ pieces (fewer than the recipe kept while training), slice the embedding table, r
 Only the embedding rows of dropped pieces go; every other weight is unchanged. Words made
 of kept pieces tokenise as before; the model card's scores are measured after shrinking.
 With ``--calibrate N`` (int8 storage of a run saved in fp32) the linear layers are rounded
-to their int8 grid error-aware, on the first N training records (``ner.rounding``), rather
+to their int8 grid error-aware, on the first N training records (``--calibration-sample
+spread``: N spread evenly over them) (``ner.rounding``), rather
 than entry by entry when saved; ``--weight-levels 63`` rounds them that way to 63 levels each
 side of zero, for the 7-bit weight kernels (``ner-kernels-int8-w7``), which then pack exactly
 those weights instead of rounding the stored ones a second time.
@@ -41,6 +42,9 @@ def main(argv=None) -> int:
                         help="the inference backend the output loads on (ner.kernels.BACKENDS; default: the pipeline's)")
     parser.add_argument("--calibrate", type=int, default=0, metavar="N",
                         help="round the linear layers to int8 error-aware, calibrated on the first N training records")
+    parser.add_argument("--calibration-sample", default="first", choices=["first", "spread"],
+                        help="the N calibration records: the first N training records, or N spread evenly over them "
+                             "(every k-th: all of a recipe's datasets, languages and domains)")
     parser.add_argument("--weight-levels", type=int, default=127, choices=[127, 63],
                         help="with --calibrate: the levels each side of zero the linear layers are rounded to "
                              "(63: for ner-kernels-int8-w7)")
@@ -76,7 +80,8 @@ def main(argv=None) -> int:
             component.cfg["storage"] = args.storage
         print(f"{component.name}: {before} → {len(component.model.encoder.tokenizer)} pieces")
         if args.calibrate:
-            calibrate(component, records[: args.calibrate], args.weight_levels)
+            calibrate(component, calibration_records(records[: len(records) - len(dev)], args.calibrate,
+                                                     args.calibration_sample), args.weight_levels)
         if args.threshold is not None:
             component.cfg["threshold"] = args.threshold
         if args.tune_threshold:
@@ -89,6 +94,13 @@ def main(argv=None) -> int:
         nlp.meta["label_map"] = dict(recipe["data"]["label_map"])
     export_pipeline(nlp, args.output, config)
     return 0
+
+
+def calibration_records(train, n: int, sample: str = "first"):
+    """``n`` of the ``train`` records: the first ``n``, or ``n`` spread evenly over them."""
+    if sample == "first" or n >= len(train):
+        return train[:n]
+    return [train[i * len(train) // n] for i in range(n)]
 
 
 def calibrate(component, records, levels: int = 127) -> None:
