@@ -60,10 +60,17 @@ def input_moments(model: nn.Module, words: list[list[str]], linears: dict[str, n
     return {name: sums[name] / max(counts[name], 1) for name in linears}
 
 
-def round_weight(weight: torch.Tensor, moment: torch.Tensor, damping: float = 0.01, levels: int = 127) -> torch.Tensor:
+def round_weight(weight: torch.Tensor, moment: torch.Tensor, damping: float = 0.01, levels: int = 127,
+                 act_order: bool = False) -> torch.Tensor:
     """``weight`` (out, in) rounded to its per-row grid of ``levels`` steps each side of zero
     (127: int8 storage's; 63: the 7-bit weights AVX2 without VNNI multiplies fastest),
-    column errors spread by ``moment`` (in, in); returned as floats on the grid."""
+    column errors spread by ``moment`` (in, in); returned as floats on the grid.
+    ``act_order``: round the columns of the most energetic inputs first (largest diagonal of
+    ``moment``), so that their errors can still be spread over the rest (GPTQ's act-order)."""
+    if act_order:
+        order = torch.argsort(torch.diag(moment), descending=True)
+        undo = torch.argsort(order)
+        return round_weight(weight[:, order], moment[order][:, order], damping, levels)[:, undo]
     w = weight.detach().to(torch.float64).clone()
     scale = w.abs().amax(dim=1).clamp(min=1e-12) / levels
     n_in = w.shape[1]
@@ -87,12 +94,12 @@ def round_weight(weight: torch.Tensor, moment: torch.Tensor, damping: float = 0.
 
 
 def round_for_int8(model: nn.Module, words: list[list[str]], *, batch_size: int = 8, damping: float = 0.01,
-                   levels: int = 127) -> dict:
+                   levels: int = 127, act_order: bool = False) -> dict:
     """Round every linear layer of a span model (``model.predict(words)``) that int8 storage
     quantises, in place, calibrated on ``words`` (a list of pre-tokenised texts), to
     ``levels`` steps each side of zero per row. Returns, per layer, the mean squared output
     change on the calibration inputs of plain rounding and of this rounding (computed from
-    the input moments), both at ``levels``.
+    the input moments), both at ``levels``; ``act_order``: see ``round_weight``.
 
     At 63 levels the weights still fit int8 storage (127 steps): each stored integer lies
     within half a step of twice the 63-level one, so packing them again at 63 levels
@@ -104,7 +111,7 @@ def round_for_int8(model: nn.Module, words: list[list[str]], *, batch_size: int 
     for name, module in linears.items():
         weight = module.weight.data
         plain = plain_rounding(weight, levels)
-        better = round_weight(weight, moments[name], damping, levels)
+        better = round_weight(weight, moments[name], damping, levels, act_order)
         report[name] = {"plain": output_error(weight, plain, moments[name]),
                         "calibrated": output_error(weight, better, moments[name])}
         module.weight.data.copy_(better)

@@ -48,11 +48,13 @@ def main(argv=None) -> int:
     parser.add_argument("--weight-levels", type=int, default=127, choices=[127, 63],
                         help="with --calibrate: the levels each side of zero the linear layers are rounded to "
                              "(63: for ner-kernels-int8-w7)")
+    parser.add_argument("--act-order", action="store_true",
+                        help="with --calibrate: round each layer's columns of the most energetic inputs first")
     parser.add_argument("--keep-vocabulary", action="store_true",
                         help="keep every piece (a pipeline shrunk before: only its weights are rounded again)")
     args = parser.parse_args(argv)
-    if args.weight_levels != 127 and not args.calibrate:
-        parser.error("--weight-levels chooses the grid --calibrate rounds to: give --calibrate N too")
+    if (args.weight_levels != 127 or args.act_order) and not args.calibrate:
+        parser.error("--weight-levels and --act-order shape what --calibrate does: give --calibrate N too")
     if args.threshold is not None and args.tune_threshold:
         parser.error("--threshold sets the threshold, --tune-threshold chooses it: give one")
 
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
         print(f"{component.name}: {before} → {len(component.model.encoder.tokenizer)} pieces")
         if args.calibrate:
             calibrate(component, calibration_records(records[: len(records) - len(dev)], args.calibrate,
-                                                     args.calibration_sample), args.weight_levels)
+                                                     args.calibration_sample), args.weight_levels, args.act_order)
         if args.threshold is not None:
             component.cfg["threshold"] = args.threshold
         if args.tune_threshold:
@@ -103,12 +105,12 @@ def calibration_records(train, n: int, sample: str = "first"):
     return [train[i * len(train) // n] for i in range(n)]
 
 
-def calibrate(component, records, levels: int = 127) -> None:
+def calibrate(component, records, levels: int = 127, act_order: bool = False) -> None:
     from ner.rounding import round_for_int8
 
     if not component.cfg["storage"].startswith("int8"):
         raise SystemExit(f"--calibrate rounds for int8 storage; {component.name} stores {component.cfg['storage']}")
-    report = round_for_int8(component.model, [r.words for r in records], levels=levels)
+    report = round_for_int8(component.model, [r.words for r in records], levels=levels, act_order=act_order)
     plain = sum(layer["plain"] for layer in report.values())
     calibrated = sum(layer["calibrated"] for layer in report.values())
     print(f"{component.name}: {len(report)} linear layers rounded to {levels} levels on {len(records)} records; summed output "
