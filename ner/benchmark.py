@@ -53,6 +53,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--calibrate-percentile", type=float, default=100.0,
                         help="static scales from this percentile of the input magnitudes (100: their maximum)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default=None,
+                        help="where the pipelines run: cpu (default), cuda (the ner-kernels backends then run their "
+                             "PyTorch reference on packed tokens, torch runs padded windows); spaCy stays on the CPU")
     parser.add_argument("--threads", type=int, default=None, help="threads per candidate (default: PyTorch's)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="time the ratios compare: wall-clock, or CPU time (steadier on a busy machine, "
@@ -84,7 +87,8 @@ def run(args) -> int:
             print(f"preparing {pipeline} on {backend} ...", file=sys.stderr, flush=True)
             candidate = pipeline_candidate(pipeline, backend, data=args.data, batch_size=args.batch_size,
                                            block_sparsity=args.block_sparsity, threads=threads,
-                                           calibration=calibration, percentile=args.calibrate_percentile)
+                                           calibration=calibration, percentile=args.calibrate_percentile,
+                                           device=args.device)
             if len(args.pipelines) > 1:
                 candidate.name = f"{pipeline} {backend}"
             candidates.append(candidate)
@@ -98,7 +102,7 @@ def run(args) -> int:
         with open(args.json_path, "w") as handle:
             json.dump({"setup": {"pipelines": args.pipelines, "data": args.data, "unit": args.unit,
                                  "records": len(records), "words": n_words, "rounds": args.rounds, "threads": threads,
-                                 "block_sparsity": args.block_sparsity, "kernels": kernels_description(),
+                                 "block_sparsity": args.block_sparsity, "device": args.device or "cpu", "kernels": kernels_description(),
                                  "calibrate": args.calibrate, "calibrate_limit": args.calibrate_limit,
                                  "calibrate_percentile": args.calibrate_percentile},
                        "results": [asdict(r) for r in results]}, handle, indent=2)
@@ -160,9 +164,9 @@ class Result:
 
 def pipeline_candidate(pipeline: str, backend: str, *, data: str, batch_size: int, block_sparsity: float = 0.0,
                        threads: int | None = None, calibration: list[list[str]] | None = None,
-                       percentile: float = 100.0) -> Candidate:
+                       percentile: float = 100.0, device: str | None = None) -> Candidate:
     """The pipeline loaded afresh and switched to ``backend`` (after block pruning, if asked;
-    a static int8 backend calibrated on ``calibration``, pre-tokenised texts)."""
+    a static int8 backend calibrated on ``calibration``, pre-tokenised texts), on ``device``."""
     import ner
     from ner.evaluation import predict_docs
     from ner.kernels import apply_backend
@@ -192,6 +196,10 @@ def pipeline_candidate(pipeline: str, backend: str, *, data: str, batch_size: in
         options["input_ranges"] = calibrate_input_ranges(component.model, calibration or [], percentile=percentile)
         note = ", ".join(filter(None, [note, f"scales: p{percentile:g} of {len(calibration or [])} sentences"]))
     apply_backend(component.model, backend, threads=threads, **options)
+    if device:
+        from ner.loading import to_device
+
+        to_device(nlp, device)
     labels = _dataset_labels(component, data)
     return Candidate(name, lambda docs: predict_docs(nlp, docs, batch_size, labels), nlp.vocab, note=note)
 
@@ -286,9 +294,10 @@ def kernels_description() -> str:
 
 
 def describe_setup(args, records, n_words: int, threads: int) -> str:
+    on_device = f"; pipelines on {args.device}" if getattr(args, "device", None) else ""
     pruned = f"; encoder blocks pruned {100 * args.block_sparsity:.0f}% (one-shot)" if args.block_sparsity else ""
     return (f"{', '.join(args.pipelines)} on {args.data} ({args.unit}): {len(records)} records, {n_words} words; "
-            f"best of {args.rounds} interleaved rounds; {threads} thread(s){pruned}\n{kernels_description()}")
+            f"best of {args.rounds} interleaved rounds; {threads} thread(s){pruned}{on_device}\n{kernels_description()}")
 
 
 def format_table(results: list[Result], *, clock: str = "wall") -> str:

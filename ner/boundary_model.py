@@ -103,7 +103,7 @@ class BoundaryModel(nn.Module):
         """One (n_words, 3, n_labels) array of start/end/inside probabilities per sequence."""
         logits, _, n_windows = self(batch)
         probs = torch.sigmoid(logits.float())
-        return [probs[i, : len(words)].numpy() for i, words in enumerate(batch)], n_windows
+        return [probs[i, : len(words)].cpu().numpy() for i, words in enumerate(batch)], n_windows
 
     @torch.no_grad()
     def predict(self, batch: list[list[str]]):

@@ -77,6 +77,8 @@ def main(argv=None) -> int:
                           help="inference backend (torch, torch-int8, onnxruntime[-int8], ner-kernels[-int8], "
                                "ner-kernels-int8-fast, ...: ner.kernels.BACKENDS); "
                                "default: the one the pipeline's config names")
+    evaluate.add_argument("--device", default=None,
+                          help="where the models run: cpu (default), cuda, cuda:1 (a torch device)")
     evaluate.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
                           help="a config override as spacy.load takes it, e.g. components.ner.model.stride=224 "
                                "(how documents are windowed) or components.ner.threshold=0.4; repeatable")
@@ -191,13 +193,18 @@ def run_evaluate(args) -> int:
 
     import ner
     from ner.evaluation import evaluate
+    from ner.loading import PipelineError
 
     try:
         overrides = config_overrides(args.config)
     except ValueError as error:
         print(f"ner evaluate: {error}", file=sys.stderr)
         return 2
-    nlp = ner.load(args.pipeline, backend=args.backend, config=overrides)
+    try:
+        nlp = ner.load(args.pipeline, backend=args.backend, config=overrides, device=args.device)
+    except PipelineError as error:
+        print(f"ner evaluate: {error}", file=sys.stderr)
+        return 2
     label_map = nlp.meta.get("label_map") or {}  # dataset label → pipeline label, e.g. GENE → Gene
     sources = _evaluation_sources(args.data)
     results = {}

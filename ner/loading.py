@@ -51,14 +51,15 @@ SPAN_FACTORIES = ("span_ner",)  # the components with a backend setting
 
 
 def load(name_or_path="en", *, backend: str | None = None, labels: list[str] | None = None,
-         **options) -> spacy.language.Language:
+         device: str | None = None, **options) -> spacy.language.Language:
     """The pipeline ``name_or_path`` (e.g. "en", "biomedical") as a spaCy Language.
     Nothing is fetched from a network. Checksums are verified when the directory has
     them; a damaged directory raises ``PipelineError`` naming the file. ``backend``
     runs its span components on another inference backend than the one its config.cfg
     names (``ner.kernels.BACKENDS``; "torch" is the fp32 reference). ``labels`` are what
     its components predict when a call names none: the entity types a ``zero_shot``
-    component is asked for, or the subset of its labels a ``span_ner`` one predicts."""
+    component is asked for, or the subset of its labels a ``span_ner`` one predicts.
+    ``device`` ("cpu", "cuda", "cuda:1") is where its models run (``to_device``)."""
     path = check_pipeline(name_or_path)
     if backend is not None:
         from ner.kernels import BACKENDS
@@ -76,7 +77,37 @@ def load(name_or_path="en", *, backend: str | None = None, labels: list[str] | N
         raise PipelineError(_diagnose(path, error)) from None
     if labels is not None:
         _use_labels(nlp, labels)
+    if device is not None:
+        to_device(nlp, device)
     return nlp
+
+
+CPU_ONLY_BACKENDS = ("torch-int8", "onnxruntime", "onnxruntime-int8")  # fbgemm int8, ONNX Runtime sessions
+
+
+def to_device(nlp, device: str) -> None:
+    """Run the pipeline's span and zero-shot models on ``device`` (a ``torch.device`` name).
+    Windows, tokenisation and decoding stay on the CPU; on a CUDA device the ``ner-kernels``
+    backends run their PyTorch reference on packed tokens (the C kernels are CPU-only)."""
+    import torch
+
+    from ner.components import SpanNER
+
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise PipelineError(f"device {device!r}: {error}") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(f"device {device!r}: PyTorch sees no CUDA device here (torch.cuda.is_available() is "
+                            "False); leave device out to run on the CPU")
+    for name, component in nlp.pipeline:
+        if not isinstance(component, SpanNER):
+            continue
+        backend = getattr(component.model, "backend", "torch")
+        if target.type != "cpu" and backend in CPU_ONLY_BACKENDS:
+            raise PipelineError(f"component {name!r} runs on backend {backend!r}, which runs on the CPU only; "
+                                f"load it with backend='torch' or 'ner-kernels' for device {device!r}")
+        component.model.to(target)
 
 
 def _use_labels(nlp, labels: list[str]) -> None:

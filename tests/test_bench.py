@@ -60,6 +60,16 @@ def test_bench_prunes_every_backend_alike(pipeline_dir, conll_file, tmp_path):
     assert "pruned 50%" in torch_result["note"] and kernels_result["f1"] == torch_result["f1"]
 
 
+def test_bench_runs_the_pipelines_on_the_device_asked_for(pipeline_dir, conll_file, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(pipeline_dir), "--data", str(conll_file), "--rounds", "1", "--threads", "1",
+                 "--backends", "torch,ner-kernels", "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["setup"]["device"] == "cpu" and "pipelines on cpu" in capsys.readouterr().out
+    torch_result, kernels_result = report["results"]
+    assert kernels_result["f1"] == torch_result["f1"]
+
+
 def test_bench_fixes_a_kernels_block_width_per_candidate(pipeline_dir, conll_file, tmp_path):
     from ner.benchmark import parse_backend
 

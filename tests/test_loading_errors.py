@@ -3,6 +3,7 @@ from deep inside torch, tokenizers or msgpack; checksums catch what loads silent
 import shutil
 
 import pytest
+import torch
 import spacy
 
 import ner
@@ -94,3 +95,31 @@ def test_a_spacy_pipeline_without_a_config_is_named(tmp_path):
     (tmp_path / "p" / "config.cfg").unlink()
     with pytest.raises(PipelineError, match="config.cfg is missing"):
         ner.load(tmp_path / "p")
+
+
+def test_a_device_runs_the_same_spans(pipeline_dir):
+    text = "Angela Merkel met Tim Cook in Berlin on Tuesday ."
+
+    def scores(nlp):
+        doc = nlp(text)
+        spans = doc.spans["ner"]
+        return [(s.start, s.end, s.label_, round(float(x), 5)) for s, x in zip(spans, spans.attrs["scores"])]
+
+    on_cpu = ner.load(pipeline_dir, device="cpu")
+    assert next(on_cpu.get_pipe("ner").model.parameters()).device.type == "cpu"
+    assert scores(on_cpu) == scores(ner.load(pipeline_dir))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_a_device_this_machine_lacks_is_a_clear_error(pipeline_dir, capsys):
+    with pytest.raises(PipelineError, match="no CUDA device here"):
+        ner.load(pipeline_dir, device="cuda")
+    with pytest.raises(PipelineError, match="device 'gpu please'"):
+        ner.load(pipeline_dir, device="gpu please")
+    assert main(["evaluate", str(pipeline_dir), "conll2003_en:test", "--device", "cuda"]) == 2
+    assert "no CUDA device here" in capsys.readouterr().err
+
+
+def test_a_cpu_only_backend_refuses_another_device(pipeline_dir):
+    with pytest.raises(PipelineError, match="'torch-int8', which runs on the CPU only"):
+        ner.load(pipeline_dir, backend="torch-int8", device="meta")
