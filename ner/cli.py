@@ -47,6 +47,8 @@ def main(argv=None) -> int:
                      help="reject a record longer than N characters (0: no cap; default 1,000,000)")
     tag.add_argument("--max-token-chars", type=int, default=1_000, metavar="N",
                      help="reject a record holding a whitespace-free run longer than N characters (0: no cap; default 1,000)")
+    tag.add_argument("--device", default=None,
+                     help="where the pipeline's models run: cpu (default), cuda, cuda:1 (a torch device; --engine local)")
     tag.add_argument("--engine", choices=["local", "ray"], default="local",
                      help="local (this machine) or ray (Ray Data; a local Ray cluster unless --address)")
     tag.add_argument("--address", default=None, help="Ray cluster address, e.g. ray://head:10001 (--engine ray)")
@@ -117,10 +119,14 @@ def run_tag(args) -> int:
         if getattr(args, option) is not None and getattr(args, option) < 1:
             print(f"ner tag: --{option.replace('_', '-')} must be at least 1", file=sys.stderr)
             return 2
+    if args.device and args.engine == "ray":
+        print("ner tag: --device is for --engine local; on Ray, workers run where the cluster places them",
+              file=sys.stderr)
+        return 2
     job = TagJob(input=args.input, output=args.output, errors=args.errors, pipeline=args.pipeline,
                  input_format=input_format, output_format=output_format, text_field=args.text_field,
                  batch_size=args.batch_size, n_process=args.n_process, resume=args.resume,
-                 labels=parse_labels(args.labels) if args.labels else None,
+                 labels=parse_labels(args.labels) if args.labels else None, device=args.device,
                  limits=Limits(max_chars=args.max_chars, max_token_chars=args.max_token_chars))
     try:
         if args.engine == "ray":

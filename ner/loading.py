@@ -85,13 +85,9 @@ def load(name_or_path="en", *, backend: str | None = None, labels: list[str] | N
 CPU_ONLY_BACKENDS = ("torch-int8", "onnxruntime", "onnxruntime-int8")  # fbgemm int8, ONNX Runtime sessions
 
 
-def to_device(nlp, device: str) -> None:
-    """Run the pipeline's span and zero-shot models on ``device`` (a ``torch.device`` name).
-    Windows, tokenisation and decoding stay on the CPU; on a CUDA device the ``ner-kernels``
-    backends run their PyTorch reference on packed tokens (the C kernels are CPU-only)."""
+def check_device(device: str):
+    """``device`` as a ``torch.device``, or a ``PipelineError`` saying why it cannot be used here."""
     import torch
-
-    from ner.components import SpanNER
 
     try:
         target = torch.device(device)
@@ -100,6 +96,16 @@ def to_device(nlp, device: str) -> None:
     if target.type == "cuda" and not torch.cuda.is_available():
         raise PipelineError(f"device {device!r}: PyTorch sees no CUDA device here (torch.cuda.is_available() is "
                             "False); leave device out to run on the CPU")
+    return target
+
+
+def to_device(nlp, device: str) -> None:
+    """Run the pipeline's span and zero-shot models on ``device`` (a ``torch.device`` name).
+    Windows, tokenisation and decoding stay on the CPU; on a CUDA device the ``ner-kernels``
+    backends run their PyTorch reference on packed tokens (the C kernels are CPU-only)."""
+    from ner.components import SpanNER
+
+    target = check_device(device)
     for name, component in nlp.pipeline:
         if not isinstance(component, SpanNER):
             continue

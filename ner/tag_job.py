@@ -496,6 +496,7 @@ class TagJob:
     resume: bool = False
     limits: Limits = field(default_factory=Limits)
     labels: list[str] | None = None  # the entity types asked for (zero-shot), or a subset of the pipeline's
+    device: str | None = None  # where the pipeline's models run (a torch device); None: the CPU
 
     def description(self, engine: str = "local") -> dict:
         """What must not change between a run and its resumption."""
@@ -543,7 +544,7 @@ class Summary:
 def run_local(job: TagJob, *, nlp=None, progress_bar=None) -> Summary:
     """Run ``job`` in this process (``n_process`` 1) or in ``n_process`` workers.
     ``nlp``: the job's pipeline, already loaded (``n_process`` 1 only)."""
-    from ner.loading import check_pipeline
+    from ner.loading import check_device, check_pipeline
 
     if job.output_format == "docbin" and job.output == "-":
         raise JobError("--output-format docbin needs -o FILE")
@@ -552,6 +553,8 @@ def run_local(job: TagJob, *, nlp=None, progress_bar=None) -> Summary:
     if job.resume and job.input == "-":
         raise JobError("--resume needs an input file: stdin cannot be read again")
     pipeline = check_pipeline(job.pipeline)
+    if job.device:
+        check_device(job.device)
     files = job.files()
     progress = files.start()
     if progress is None:
@@ -596,11 +599,12 @@ def _local_tagger(job: TagJob, pipeline: Path, nlp=None):
     from ner.tagging import LongRunningPipeline, ProcessTagger, tag_or_reject
 
     if job.n_process <= 1:
-        loaded = LongRunningPipeline(pipeline, nlp, labels=job.labels)
+        loaded = LongRunningPipeline(pipeline, nlp, labels=job.labels, device=job.device)
         yield lambda chunks: ((chunk, tag_or_reject(loaded.nlp, _records(chunk), batch_size=job.batch_size))
                               for chunk in chunks)
         return
-    with ProcessTagger(pipeline, n_process=job.n_process, batch_size=job.batch_size, labels=job.labels) as tagger:
+    with ProcessTagger(pipeline, n_process=job.n_process, batch_size=job.batch_size, labels=job.labels,
+                       device=job.device) as tagger:
         sent = collections.deque()  # chunks handed to the workers; results come back in order
 
         def tag_chunks(chunks):

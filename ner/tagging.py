@@ -126,12 +126,13 @@ class LongRunningPipeline:
 
     RELOAD_AFTER_LEXEMES = 1_000_000
 
-    def __init__(self, path, nlp=None, *, labels: list[str] | None = None):
+    def __init__(self, path, nlp=None, *, labels: list[str] | None = None, device: str | None = None):
         import ner
 
         self.path = path
         self.labels = labels
-        self._nlp = nlp if nlp is not None else ner.load(path, labels=labels)
+        self.device = device
+        self._nlp = nlp if nlp is not None else ner.load(path, labels=labels, device=device)
         self._loaded_with = len(self._nlp.vocab)
 
     @property
@@ -143,7 +144,7 @@ class LongRunningPipeline:
 
             self._nlp = None
             gc.collect()  # free the old copy before loading the new: one copy at a time
-            self._nlp = ner.load(self.path, labels=self.labels)
+            self._nlp = ner.load(self.path, labels=self.labels, device=self.device)
             self._loaded_with = len(self._nlp.vocab)
         return self._nlp
 
@@ -193,7 +194,7 @@ class ProcessTagger:
     """
 
     def __init__(self, pipeline, *, n_process: int, batch_size: int = 16, spans_key: str = "ner",
-                 labels: list[str] | None = None):
+                 labels: list[str] | None = None, device: str | None = None):
         from concurrent.futures import ProcessPoolExecutor
         import multiprocessing
 
@@ -201,7 +202,7 @@ class ProcessTagger:
         with _one_thread_per_process():
             self.pool = ProcessPoolExecutor(
                 n_process, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_worker, initargs=(str(pipeline), batch_size, spans_key, labels),
+                initializer=_start_worker, initargs=(str(pipeline), batch_size, spans_key, labels, device),
             )
             # Load the pipeline in every worker now: a damaged pipeline fails here, before
             # any input is read, and the load does not count as tagging time.
@@ -264,18 +265,20 @@ def _one_thread_per_process():
 _worker: dict = {}
 
 
-def _start_worker(pipeline: str, batch_size: int, spans_key: str, labels: list[str] | None = None) -> None:
+def _start_worker(pipeline: str, batch_size: int, spans_key: str, labels: list[str] | None = None,
+                  device: str | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
     # The pipeline is loaded by a task, not here: an exception in an initializer only
     # breaks the pool, while one in a task reaches the parent with its message.
-    _worker.update(pipeline=pipeline, batch_size=batch_size, spans_key=spans_key, labels=labels, loaded=None)
+    _worker.update(pipeline=pipeline, batch_size=batch_size, spans_key=spans_key, labels=labels, device=device,
+                   loaded=None)
 
 
 def _load_pipeline() -> None:
     if _worker["loaded"] is None:
-        _worker["loaded"] = LongRunningPipeline(_worker["pipeline"], labels=_worker["labels"])
+        _worker["loaded"] = LongRunningPipeline(_worker["pipeline"], labels=_worker["labels"], device=_worker["device"])
 
 
 def _tag_chunk(records: list[Record]) -> list:

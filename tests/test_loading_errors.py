@@ -120,6 +120,20 @@ def test_a_device_this_machine_lacks_is_a_clear_error(pipeline_dir, capsys):
     assert "no CUDA device here" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_ner_tag_on_a_device_this_machine_lacks_fails_before_reading_input(pipeline_dir, tmp_path, capsys):
+    source = tmp_path / "in.txt"
+    source.write_text("Paris .\n")
+    out = tmp_path / "out.jsonl"
+    assert main(["tag", str(source), "-o", str(out), "--pipeline", str(pipeline_dir), "--device", "cuda"]) == 2
+    assert "no CUDA device here" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "out.jsonl.partial").exists()
+    assert main(["tag", str(source), "-o", str(out), "--pipeline", str(pipeline_dir), "--device", "cpu"]) == 0
+    assert out.read_text().count("\n") == 1
+    assert main(["tag", str(source), "--engine", "ray", "--device", "cuda"]) == 2
+    assert "--device is for --engine local" in capsys.readouterr().err
+
+
 def test_a_cpu_only_backend_refuses_another_device(pipeline_dir):
     with pytest.raises(PipelineError, match="'torch-int8', which runs on the CPU only"):
         ner.load(pipeline_dir, backend="torch-int8", device="meta")
