@@ -43,6 +43,10 @@ class BoundaryModelSpec:
     # How the words between a start and its end must score "inside" (see INSIDE_RULES):
     # "all" (every one passes the threshold; v1's rule) or "mean" (their mean passes).
     inside: str = "all"
+    # Bidirectional LSTM layers over the word vectors before the boundary convolution, added
+    # to them (a residual that starts at zero), so a word's scores see its whole block of
+    # words, not just its neighbours: the inside score of a 50-word entity has to stay up.
+    context_layers: int = 0
 
     def build(self, encoder: WordEncoder, labels: list[str]) -> "BoundaryModel":
         return BoundaryModel(encoder, labels, self)
@@ -58,29 +62,48 @@ def build_boundary_model(
     block_words: int = 2048,
     positive_weights: Sequence[float] = (10.0, 10.0, 3.0),
     inside: str = "all",
+    context_layers: int = 0,
 ) -> BoundaryModelSpec:
     """Registered as ``ner_suite.BoundaryModel.v1`` (entry point ``spacy_architectures``);
     ``inside`` defaults to the rule every v1 config was trained and decoded with."""
     if inside not in INSIDE_RULES:
         raise ValueError(f"inside must be one of {INSIDE_RULES}, not {inside!r}")
     return BoundaryModelSpec(encoder, max_length, hidden_size, dropout, window, stride, block_words,
-                             tuple(positive_weights), inside)
+                             tuple(positive_weights), inside, context_layers)
 
 
 class BoundaryHead(nn.Module):
     """Word vectors → (batch, n_words, 3, n_labels) logits: start, end, inside. A small
-    convolution lets each word see its neighbours' vectors when deciding a boundary."""
+    convolution lets each word see its neighbours' vectors when deciding a boundary; with
+    ``context_layers``, a bidirectional LSTM over the whole sequence first."""
 
-    def __init__(self, input_size: int, hidden_size: int, n_labels: int, dropout: float):
+    def __init__(self, input_size: int, hidden_size: int, n_labels: int, dropout: float, context_layers: int = 0):
         super().__init__()
         self.n_labels = n_labels
+        self.input_size = input_size
+        self.sequence = self.mix = None
+        if context_layers:
+            self.add_context(context_layers)
         self.context = nn.Conv1d(input_size, hidden_size, kernel_size=3, padding=1)
         self.classify = nn.Sequential(
             nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_size, hidden_size),
             nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_size, 3 * n_labels),
         )
 
-    def forward(self, words: torch.Tensor) -> torch.Tensor:
+    def add_context(self, layers: int) -> None:
+        """Give the head ``layers`` BiLSTM layers whose output is added to the word vectors
+        through a projection that starts at zero: a trained head predicts as before."""
+        from ner.zero_shot import WordLSTM
+
+        self.sequence = WordLSTM(self.input_size, layers)
+        self.mix = nn.Linear(self.input_size, self.input_size)
+        nn.init.zeros_(self.mix.weight)
+        nn.init.zeros_(self.mix.bias)
+
+    def forward(self, words: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (batch, n_words): the real words, which the LSTM (if any) reads."""
+        if self.sequence is not None:
+            words = words + self.mix(self.sequence(words, mask))
         hidden = self.context(words.transpose(1, 2)).transpose(1, 2)
         batch, n_words, _ = words.shape
         return self.classify(hidden).view(batch, n_words, 3, self.n_labels)
@@ -92,11 +115,13 @@ class BoundaryModel(nn.Module):
         self.encoder = encoder
         self.labels = list(labels)
         self.spec = spec
-        self.head = BoundaryHead(encoder.hidden_size, spec.hidden_size, len(labels), spec.dropout)
+        self.head = BoundaryHead(encoder.hidden_size, spec.hidden_size, len(labels), spec.dropout, spec.context_layers)
 
     def forward(self, batch: list[list[str]]):
         encoded = self.encoder(batch)
-        return self.head(encoded.vectors), encoded.mask, encoded.n_windows
+        # A head without context layers takes the vectors alone (an ONNX backend exports it so).
+        inputs = (encoded.vectors, encoded.mask) if self.spec.context_layers else (encoded.vectors,)
+        return self.head(*inputs), encoded.mask, encoded.n_windows
 
     @torch.no_grad()
     def probabilities(self, batch: list[list[str]]):

@@ -148,8 +148,11 @@ def quantize_head(source, target) -> Path:
 
 
 def takes_word_vectors_only(head) -> bool:
-    """Whether ``head.forward`` takes one argument (the word vectors), as an ONNX graph can."""
-    return len(inspect.signature(head.forward).parameters) == 1
+    """Whether ``head.forward`` takes one argument (the word vectors), as an ONNX graph can:
+    one without a default, and the head needs no other (a long-span head with context layers
+    reads the word mask too)."""
+    required = [p for p in inspect.signature(head.forward).parameters.values() if p.default is inspect.Parameter.empty]
+    return len(required) == 1 and getattr(head, "sequence", None) is None
 
 
 def export_head(head, input_size: int, path, *, opset: int = OPSET) -> Path:

@@ -1,8 +1,11 @@
 """The long-span head (boundary scores) and word blocks: entities of any length, documents
 of any length with memory bounded by the block size, entities across block edges whole."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import spacy
+import torch
 
 from ner.blocks import plan_blocks, predict_in_blocks
 from ner.boundary_model import END, INSIDE, START, boundary_targets, build_boundary_model, decode_boundaries
@@ -44,6 +47,30 @@ class TestLongSpanMeanInsideContract(TestLongSpanContract):
         config = (tmp_path / "p" / "config.cfg").read_text().replace('inside = "mean"\n', "")
         (tmp_path / "p" / "config.cfg").write_text(config)
         assert spacy.load(tmp_path / "p").get_pipe("ner").model.spec.inside == "all"
+
+
+class TestLongSpanContextContract(TestLongSpanContract):
+    """A boundary head with a BiLSTM over its words trains, saves and loads like v1's."""
+    model = {**TestLongSpanContract.model, "context_layers": 1}
+
+    def test_added_context_starts_at_zero_and_skips_padding(self):
+        from ner.onnx_export import takes_word_vectors_only
+
+        nlp, ner = TestLongSpanContract().build()  # a head without context layers
+        model = ner.model.eval()
+        short = "he received the Turing Award".split()
+        long = "her research interests are machine learning and data mining in New York and Paris".split()
+        before = model.probabilities([short])[0][0]
+        assert takes_word_vectors_only(model.head)
+        model.head.add_context(1)
+        model.spec = ner.spec = replace(model.spec, context_layers=1)
+        assert not takes_word_vectors_only(model.head)
+        assert np.allclose(model.probabilities([short])[0][0], before, atol=1e-6)  # zero at the start
+        torch.nn.init.normal_(model.head.mix.weight, std=0.5)  # as if trained
+        alone = model.probabilities([short])[0][0]
+        assert not np.allclose(alone, before, atol=1e-3)
+        beside_a_longer_one = model.probabilities([long, short])[0][1]
+        assert np.allclose(beside_a_longer_one, alone, atol=1e-5)  # the padding is not read
 
 
 def probs_for(n_words, spans, labels=("A", "B")):

@@ -248,6 +248,14 @@ def build_pipeline(recipe: dict, train_records, dev_records):
         if windowing:  # wider windows: more context per word, trained and saved
             ner.spec = ner.model.spec = dataclasses.replace(ner.spec, **windowing)
             ner.model.encoder.window, ner.model.encoder.stride = ner.spec.window, ner.spec.stride
+        grown = head_settings(recipe)
+        if grown:  # a head given sequence context (a long-span head's BiLSTM), starting at zero
+            if not hasattr(ner.model.head, "add_context"):
+                raise ValueError(f"{encoder['init']}'s head cannot take [model] context_layers")
+            if getattr(ner.spec, "context_layers", 0):
+                raise ValueError(f"{encoder['init']}'s head has context layers already")
+            ner.model.head.add_context(grown["context_layers"])
+            ner.spec = ner.model.spec = dataclasses.replace(ner.spec, **grown)
         return nlp, ner
     nlp = spacy.blank(pipeline.get("lang", "xx"))
     if pipeline.get("attached_prefixes"):  # e.g. "#": #hashtags stay one word, as in tweet data
@@ -354,15 +362,24 @@ def window_settings(recipe: dict) -> dict:
     return {key: value for key, value in recipe.get("model", {}).items() if key in ("window", "stride")}
 
 
+def head_settings(recipe: dict) -> dict:
+    """``[model] context_layers`` of a recipe that goes on from ``init``: BiLSTM layers added
+    to a long-span head it did not have."""
+    if not recipe["encoder"].get("init"):
+        return {}
+    return {key: value for key, value in recipe.get("model", {}).items() if key == "context_layers"}
+
+
 def output_config(nlp, recipe: dict):
     """The config a run's pipeline is saved with: ``[output] backend`` names the
     inference backend it loads on (it trains on the fp32 reference), and a recipe that goes
-    on from ``init`` saves its ``[model]`` window and stride; None: as it is."""
+    on from ``init`` saves the ``[model]`` settings it changed (window, stride, context
+    layers); None: as it is."""
     backend = recipe.get("output", {}).get("backend")
-    windowing = window_settings(recipe)
-    if not backend and not windowing:
+    changed = {**window_settings(recipe), **head_settings(recipe)}
+    if not backend and not changed:
         return None
-    return span_config(nlp, backend, windowing)
+    return span_config(nlp, backend, changed)
 
 
 def span_config(nlp, backend: str | None = None, model: dict | None = None):
