@@ -294,7 +294,7 @@ def kernels_description() -> str:
 
 
 def describe_setup(args, records, n_words: int, threads: int) -> str:
-    on_device = f"; pipelines on {args.device}" if getattr(args, "device", None) else ""
+    on_device = f"; pipelines on {args.device}" if args.device else ""
     pruned = f"; encoder blocks pruned {100 * args.block_sparsity:.0f}% (one-shot)" if args.block_sparsity else ""
     return (f"{', '.join(args.pipelines)} on {args.data} ({args.unit}): {len(records)} records, {n_words} words; "
             f"best of {args.rounds} interleaved rounds; {threads} thread(s){pruned}{on_device}\n{kernels_description()}")

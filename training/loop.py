@@ -357,17 +357,19 @@ def export_pipeline(nlp, path, config=None) -> None:
 def window_settings(recipe: dict) -> dict:
     """The subword window and stride of a recipe that goes on from ``init``: the only
     ``[model]`` keys it can change (the rest of the model is the init pipeline's)."""
-    if not recipe["encoder"].get("init"):
-        return {}
-    return {key: value for key, value in recipe.get("model", {}).items() if key in ("window", "stride")}
+    return _continued_model_settings(recipe, ("window", "stride"))
 
 
 def head_settings(recipe: dict) -> dict:
     """``[model] context_layers`` of a recipe that goes on from ``init``: BiLSTM layers added
     to a long-span head it did not have."""
+    return _continued_model_settings(recipe, ("context_layers",))
+
+
+def _continued_model_settings(recipe: dict, keys: tuple[str, ...]) -> dict:
     if not recipe["encoder"].get("init"):
         return {}
-    return {key: value for key, value in recipe.get("model", {}).items() if key == "context_layers"}
+    return {key: value for key, value in recipe.get("model", {}).items() if key in keys}
 
 
 def output_config(nlp, recipe: dict):
